@@ -1,0 +1,25 @@
+"""wormjax: Early-Bird lottery tickets and WORM gradient truncation in JAX."""
+
+from wormjax.search import EarlyBirdConfig
+from wormjax.search import EarlyBirdSearch
+from wormjax.search import EarlyBirdState
+from wormjax.search import SCHEDULES
+from wormjax.search import early_bird
+from wormjax.search import init as early_bird_init
+from wormjax.search import update as early_bird_update
+from wormjax.masks import flatten_mask
+from wormjax.masks import global_magnitude_mask
+from wormjax.masks import mask_distance
+from wormjax.masks import unflatten_mask
+from wormjax.selectors import ParamSelector
+from wormjax.selectors import TicketLayout
+from wormjax.selectors import attention_selector
+from wormjax.selectors import batchnorm_selector
+from wormjax.selectors import path_selector
+from wormjax.truncation import WormTruncationState
+from wormjax.truncation import set_truncation
+from wormjax.truncation import truncation_from_eb_state
+from wormjax.truncation import truncation_multipliers
+from wormjax.truncation import worm_truncation
+
+__version__ = "0.1.0"

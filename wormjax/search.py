@@ -1,0 +1,208 @@
+"""The Early-Bird search state: a mask window, its distances and the WORM trigger.
+
+Pure functions over a fixed-shape pytree, so the epoch-end update compiles
+once and is threaded through a training loop like an optimizer state::
+
+    search = wormjax.early_bird(wormjax.EarlyBirdConfig(schedule="worm"))
+    eb_state = search.init(layout.num_entries)
+    for epoch in range(max_search_epochs):
+        eb_state = search.update(eb_state, layout.representative(params))
+        if eb_state.converged: break
+        ...train one epoch, truncating with eb_state...
+
+The rules are ALGORITHM.md sections 2 and 3.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from wormjax import _validate
+from wormjax import masks
+
+__all__ = [
+    "SCHEDULES",
+    "EarlyBirdConfig",
+    "EarlyBirdState",
+    "EarlyBirdSearch",
+    "early_bird",
+    "init",
+    "update",
+]
+
+SCHEDULES = ("none", "worm", "always", "greedy")
+
+
+@dataclasses.dataclass(frozen=True)
+class EarlyBirdConfig:
+    """Static settings of the search; validated on construction.
+
+    Attributes:
+      prune_ratio: p, the fraction of representative entries pruned, in (0, 1).
+      window: l, how many masks the FIFO window holds (5 CNN, 3 BERT), >= 2.
+      stop_distance: s; the ticket is found when every distance <= s.
+      trigger_margin: delta; WORM truncation starts once d_avg < s + delta.
+      truncation_ratio: r, the gradient multiplier of pruned entries, in [0, 1].
+      schedule: "none" (EB Train, r = 1), "worm" (the trigger above),
+        "always" (r from epoch 0), "greedy" (r = d_avg, updated every epoch).
+    """
+
+    prune_ratio: float = 0.5
+    window: int = 5
+    stop_distance: float = 0.1
+    trigger_margin: float = 0.05
+    truncation_ratio: float = 3e-3
+    schedule: str = "worm"
+
+    def __post_init__(self):
+        _validate.open_interval("prune_ratio", self.prune_ratio, 0.0, 1.0)
+        _validate.at_least("window", self.window, 2)
+        _validate.half_open_interval("stop_distance", self.stop_distance, 0.0, 1.0)
+        _validate.closed_interval("trigger_margin", self.trigger_margin, 0.0, 1.0)
+        _validate.closed_interval(
+            "truncation_ratio", self.truncation_ratio, 0.0, 1.0)
+        _validate.one_of("schedule", self.schedule, SCHEDULES)
+
+    @property
+    def trigger_threshold(self) -> float:
+        """s + delta: WORM truncation starts when d_avg falls strictly below it."""
+        return self.stop_distance + self.trigger_margin
+
+
+class EarlyBirdState(NamedTuple):
+    """Everything the search carries between epochs; fixed shapes, no Python.
+
+    Attributes:
+      masks: bool [window, N], oldest first; ``masks[-1]`` is the newest mask.
+      num_pushed: int32, masks pushed so far (the window is full at >= window).
+      dists: float32 [window - 1], newest vs each older mask (1.0 until full).
+      d_max: float32, max of ``dists``.
+      d_avg: float32, mean of ``dists``.
+      converged: bool, the stop rule held at some update (sticky).
+      ticket_epoch: int32, the search epoch at which it held (-1 before).
+      active: bool, truncation is applied during the next training epoch.
+      ratio: float32, the multiplier r for pruned entries while active.
+      epoch: int32, updates done so far (= index of the next search epoch).
+    """
+
+    masks: jax.Array
+    num_pushed: jax.Array
+    dists: jax.Array
+    d_max: jax.Array
+    d_avg: jax.Array
+    converged: jax.Array
+    ticket_epoch: jax.Array
+    active: jax.Array
+    ratio: jax.Array
+    epoch: jax.Array
+
+    @property
+    def newest_mask(self) -> jax.Array:
+        """The flat keep mask of the latest update (all True before any)."""
+        return self.masks[-1]
+
+
+def init(num_entries: int, config: EarlyBirdConfig) -> EarlyBirdState:
+    """An empty search over ``num_entries`` representative entries."""
+    _validate.at_least("num_entries", num_entries, 2)
+    n_dists = config.window - 1
+    return EarlyBirdState(
+        # All-keep placeholders: before the first update a truncation that
+        # reads newest_mask touches nothing.
+        masks=jnp.ones((config.window, num_entries), jnp.bool_),
+        num_pushed=jnp.zeros((), jnp.int32),
+        dists=jnp.ones((n_dists,), jnp.float32),
+        d_max=jnp.ones((), jnp.float32),
+        d_avg=jnp.ones((), jnp.float32),
+        converged=jnp.zeros((), jnp.bool_),
+        ticket_epoch=jnp.full((), -1, jnp.int32),
+        active=jnp.asarray(config.schedule in ("always", "greedy")),
+        ratio=jnp.asarray(
+            1.0 if config.schedule in ("none", "greedy") else config.truncation_ratio,
+            jnp.float32),
+        epoch=jnp.zeros((), jnp.int32),
+    )
+
+
+def update_with_mask(state: EarlyBirdState, new_mask: jax.Array,
+                     config: EarlyBirdConfig) -> EarlyBirdState:
+    """One search epoch's bookkeeping given its flat keep mask (steps 1-3)."""
+    window = jnp.concatenate([state.masks[1:], new_mask[None, :]], axis=0)
+    num_pushed = state.num_pushed + 1
+    full = num_pushed >= config.window
+    # Newest against each older mask, not consecutive pairs.
+    raw = jnp.mean(window[:-1] != window[-1][None, :], axis=1, dtype=jnp.float32)
+    dists = jnp.where(full, raw, jnp.ones_like(raw))
+    d_max, d_avg = jnp.max(dists), jnp.mean(dists)
+
+    stop_now = full & (d_max <= config.stop_distance) & ~state.converged
+    converged = state.converged | stop_now
+    ticket_epoch = jnp.where(stop_now, state.epoch, state.ticket_epoch)
+
+    if config.schedule == "worm":
+        # Checked only when the search goes on; once on it stays on.
+        triggered = ~converged & (d_avg < config.trigger_threshold)
+        active, ratio = state.active | triggered, state.ratio
+    elif config.schedule == "greedy":
+        active, ratio = state.active, d_avg.astype(jnp.float32)
+    else:  # "none" and "always" keep their initial flags.
+        active, ratio = state.active, state.ratio
+
+    return EarlyBirdState(
+        masks=window, num_pushed=num_pushed, dists=dists, d_max=d_max,
+        d_avg=d_avg, converged=converged, ticket_epoch=ticket_epoch,
+        active=active, ratio=ratio, epoch=state.epoch + 1,
+    )
+
+
+def update(state: EarlyBirdState, representative, config: EarlyBirdConfig
+           ) -> EarlyBirdState:
+    """Pushes the mask of the current representative parameters (one epoch).
+
+    Args:
+      state: the search state before this epoch.
+      representative: the representative leaves (a list in layout order, or
+        any pytree whose leaf order matches the one used for ``init``).
+      config: the static search settings.
+
+    Returns:
+      The new state: window, distances, converged flag, ticket epoch, trigger.
+    """
+    mags = masks.flat_magnitudes(representative)
+    if mags.shape[0] != state.masks.shape[1]:
+        raise ValueError(
+            f"representative parameters have {mags.shape[0]} entries; this search "
+            f"state was initialised for {state.masks.shape[1]}"
+        )
+    return update_with_mask(
+        state, masks.flat_magnitude_mask(mags, config.prune_ratio), config)
+
+
+class EarlyBirdSearch(NamedTuple):
+    """``init``/``update`` bound to one config, like an optax transformation."""
+
+    init: Callable[[int], EarlyBirdState]
+    update: Callable[..., EarlyBirdState]
+    config: EarlyBirdConfig
+
+
+def early_bird(config: EarlyBirdConfig | None = None, **kwargs) -> EarlyBirdSearch:
+    """Binds a config (or its fields as keywords) to jit-compiled init/update.
+
+    ``update`` is compiled once per representative shape; the mask, distances,
+    trigger and r are traced values, so changing them never retraces it.
+    """
+    if config is None:
+        config = EarlyBirdConfig(**kwargs)
+    elif kwargs:
+        config = dataclasses.replace(config, **kwargs)
+    return EarlyBirdSearch(
+        init=lambda num_entries: init(num_entries, config),
+        update=jax.jit(lambda state, rep: update(state, rep, config),
+                       donate_argnums=()),
+        config=config,
+    )
