@@ -1,0 +1,208 @@
+"""Shared CNN pieces: BatchNorm factory, width scaling, adaptive pooling, BN layout.
+
+Naming contract (other code selects parameters by path): every BatchNorm module's name
+contains ``bn`` and no other module name does, so ``BN_SCALE_PATTERN`` matches exactly
+the BatchNorm scales. Module names are also chosen so that sorting the paths, plainly
+(what ``jax.tree_util`` does with dicts) or naturally, gives definition order.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Matches the '/'-joined path of a BatchNorm scale, with or without 'params/' first.
+BN_SCALE_PATTERN = r"(^|/)[^/]*bn[^/]*/scale$"
+_BN_SCALE_RE = re.compile(BN_SCALE_PATTERN)
+
+# PyTorch's conv initialisation (kaiming_normal_, fan_out, relu) as used by torchvision.
+conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def scaled_width(channels: int, width: float) -> int:
+    """Scales a layer's channel count by the width multiplier, never below one channel.
+
+    Args:
+      channels: the channel count at width 1.
+      width: the multiplier.
+
+    Returns:
+      ``max(1, int(round(channels * width)))``.
+    """
+    return max(1, int(round(channels * width)))
+
+
+def resolve_channels(
+    base: Sequence[int], width: float, channels: Sequence[int] | None, model_name: str
+) -> tuple[int, ...]:
+    """Per-BatchNorm channel counts: ``channels`` if given, else ``base`` scaled.
+
+    Args:
+      base: channel counts at width 1, one per BatchNorm layer in definition order.
+      width: the width multiplier, used when ``channels`` is None.
+      channels: explicit counts overriding ``width`` (e.g. from structured pruning).
+      model_name: used in error messages.
+
+    Returns:
+      A tuple of positive ints, one per BatchNorm layer.
+    """
+    if channels is None:
+        if not width > 0:
+            raise ValueError(f"{model_name}: width must be > 0, got {width}")
+        return tuple(scaled_width(c, width) for c in base)
+    channels = tuple(int(c) for c in channels)
+    if len(channels) != len(base):
+        raise ValueError(
+            f"{model_name}: channels must have {len(base)} entries (one per "
+            f"BatchNorm layer in definition order), got {len(channels)}"
+        )
+    if min(channels) < 1:
+        raise ValueError(
+            f"{model_name}: every channel count must be >= 1, got {channels}"
+        )
+    return channels
+
+
+def freeze_channels(module: nn.Module) -> None:
+    """Stores a list ``channels`` field as a tuple so the module stays hashable.
+
+    Call from a module's ``__post_init__`` before ``super().__post_init__()``.
+    """
+    if module.channels is not None and not isinstance(module.channels, tuple):
+        # Flax modules are frozen dataclasses; this runs before flax finalises the
+        # instance.
+        object.__setattr__(module, "channels", tuple(int(c) for c in module.channels))
+
+
+def batch_norm(
+    train: bool, name: str, dtype: Any, scale_init: float = 1.0
+) -> nn.BatchNorm:
+    """BatchNorm with PyTorch's defaults (torch momentum 0.1 = flax 0.9, eps 1e-5).
+
+    Args:
+      train: whether to use batch statistics and update the running averages.
+      name: module name; must contain 'bn' (see the module docstring).
+      dtype: computation dtype.
+      scale_init: constant initial value of the scale (gamma).
+
+    Returns:
+      The BatchNorm module.
+    """
+    if "bn" not in name:
+        raise ValueError(f"BatchNorm names must contain 'bn', got {name!r}")
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=0.9,
+        epsilon=1e-5,
+        dtype=dtype,
+        scale_init=nn.initializers.constant(scale_init),
+        name=name,
+    )
+
+
+def _adaptive_pool_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """Averaging weights (out_size, in_size) with PyTorch's adaptive pooling windows."""
+    weights = np.zeros((out_size, in_size), np.float32)
+    for i in range(out_size):
+        # torch: start = floor(i * in / out), end = ceil((i + 1) * in / out).
+        start = (i * in_size) // out_size
+        end = -((-(i + 1) * in_size) // out_size)
+        weights[i, start:end] = 1.0 / (end - start)
+    return weights
+
+
+def adaptive_avg_pool(x_BHWC: jax.Array, out_hw: tuple[int, int]) -> jax.Array:
+    """Adaptive average pooling with exactly torch.nn.AdaptiveAvgPool2d's windows.
+
+    Windows may overlap or, when the input is smaller than the output, repeat pixels (a
+    1x1 map pooled to 7x7 is replicated), which no fixed-stride pooling reproduces.
+
+    Args:
+      x_BHWC: input feature map.
+      out_hw: output height and width.
+
+    Returns:
+      The pooled map, shape (B, out_h, out_w, C), in the input's dtype.
+    """
+    _, h, w, _ = x_BHWC.shape
+    pool_h = jnp.asarray(_adaptive_pool_matrix(h, out_hw[0]), x_BHWC.dtype)
+    pool_w = jnp.asarray(_adaptive_pool_matrix(w, out_hw[1]), x_BHWC.dtype)
+    return jnp.einsum("bhwc,ph,qw->bpqc", x_BHWC, pool_h, pool_w)
+
+
+def path_str(path: Sequence[str]) -> str:
+    """Joins a module path with '/'."""
+    return "/".join(path)
+
+
+def is_bn_scale(path: Sequence[str]) -> bool:
+    """Whether a parameter path (tuple of names) is a BatchNorm scale."""
+    return _BN_SCALE_RE.search(path_str(path)) is not None
+
+
+def _walk(tree: Mapping[str, Any], prefix: tuple[str, ...] = ()):
+    """Yields (path, leaf) in insertion order (jax.tree_util would sort the keys)."""
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            yield from _walk(value, prefix + (key,))
+        else:
+            yield prefix + (key,), value
+
+
+def abstract_variables(model: nn.Module, input_shape: Sequence[int] | None = None):
+    """Shapes and dtypes of ``model.init``'s variables, without running the model.
+
+    Args:
+      model: one of the wormjax CNNs (anything with ``__call__(x, train)``).
+      input_shape: input batch shape (B, H, W, C); defaults to
+        ``model.sample_input_shape``.
+
+    Returns:
+      A pytree of ``jax.ShapeDtypeStruct`` with 'params' and 'batch_stats'.
+    """
+    shape = tuple(input_shape or model.sample_input_shape)
+    return jax.eval_shape(
+        lambda: model.init(
+            jax.random.PRNGKey(0), jnp.zeros(shape, jnp.float32), train=False
+        )
+    )
+
+
+def bn_layout(
+    model: nn.Module, input_shape: Sequence[int] | None = None
+) -> list[tuple[tuple[str, ...], int]]:
+    """Lists the model's BatchNorm layers in definition order with their channel counts.
+
+    Uses ``jax.eval_shape``, so nothing is computed.
+
+    Args:
+      model: one of the wormjax CNNs.
+      input_shape: input batch shape (B, H, W, C); defaults to
+        ``model.sample_input_shape``.
+
+    Returns:
+      ``[(bn_module_path, num_channels), ...]``; each path is relative to the 'params'
+      collection, e.g. ``('layer2_0', 'shortcut_bn')``, and its scale lives at
+      ``params[path...]['scale']``.
+    """
+    shape = tuple(input_shape or model.sample_input_shape)
+    layout = []
+
+    def init_and_record():
+        variables = model.init(
+            jax.random.PRNGKey(0), jnp.zeros(shape, jnp.float32), train=False
+        )
+        # Inside the trace the dicts still keep flax's creation order; eval_shape's
+        # output would come back key-sorted, so the order is read here.
+        for path, leaf in _walk(variables["params"]):
+            if is_bn_scale(path):
+                layout.append((path[:-1], int(leaf.shape[0])))
+        return variables
+
+    jax.eval_shape(init_and_record)
+    return layout
