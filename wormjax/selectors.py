@@ -50,7 +50,7 @@ def _natural_key(path: str):
             for part in path.split("/")]
 
 
-def _leaves_with_paths(params) -> list[tuple[str, Any]]:
+def leaves_with_paths(params) -> list[tuple[str, Any]]:
     """Leaves with their path strings, in natural order of the paths.
 
     The order must not depend on how a dict was built: flax builds parameter
@@ -98,7 +98,7 @@ class TicketLayout:
 
         A list, not a dict: its leaf order is the flat mask's order.
         """
-        by_path = dict(_leaves_with_paths(params))
+        by_path = dict(leaves_with_paths(params))
         missing = [e.path for e in self.entries if e.path not in by_path]
         if missing:
             raise ValueError(
@@ -153,7 +153,7 @@ class ParamSelector:
     def __call__(self, params) -> TicketLayout:
         """Builds the :class:`TicketLayout` of ``params`` (arrays or shape structs)."""
         regex = re.compile(self.pattern)
-        leaves = _leaves_with_paths(params)
+        leaves = leaves_with_paths(params)
         all_paths = {p for p, _ in leaves}
         entries, offset = [], 0
         for path, leaf in leaves:

@@ -1,0 +1,1 @@
+"""Experiment configs: each ``<name>.py`` has ``get_config()``."""

@@ -1,0 +1,72 @@
+"""Shared defaults: the paper's CNN recipe (Early-Bird / WORM on CIFAR-10).
+
+Every experiment config derives from ``get_config()`` here and changes only
+what differs. Any field can be overridden on the command line, e.g.
+``--config.search.max_epochs=3``.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # initial weights and data order; seed i of N uses seed + i
+    c.log_every_steps = 50  # read running metrics (the only host sync) this often
+    c.progress_bar = True  # one tqdm bar per epoch on stderr
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = "cifar_vgg11"  # cifar_vgg11 | cifar_resnet18 | tv_vgg11_bn | tv_resnet18
+    c.model.width = 1.0  # channel multiplier (CPU experiments use narrow widths)
+    c.model.num_classes = 0  # 0: the data set's number of classes
+    c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 | float16
+    c.model.pretrained = ""  # torchvision state dict file (.safetensors / .pth)
+    c.model.replace_head = True  # with pretrained: new head for num_classes
+
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "cifar10"  # cifar10 | digits (bundled offline demo)
+    c.data.source = "local"  # local (python-version tarball or folder) | tfds
+    c.data.dir = ""  # local: cifar-10-python.tar.gz or its folder; tfds: data_dir
+    c.data.normalization = "half"  # half (paper: mean 0.5, std 0.5) | cifar
+    c.data.augment = False  # pad-4 crop + flip (the paper used none)
+    c.data.train_limit = 0  # 0: all; else a class-balanced subset of this size
+    c.data.eval_limit = 0  # 0: all of the evaluation split
+    c.data.eval_split = "test"  # test | train (the authors measured on train)
+    c.data.prefetch = 2  # batches transferred to the device ahead of the step
+
+    c.optim = ml_collections.ConfigDict()
+    c.optim.name = "sgd"  # sgd | adamw
+    c.optim.learning_rate = 0.01  # constant for sgd (the paper)
+    c.optim.momentum = 0.9
+    c.optim.weight_decay = 0.0
+    c.optim.warmup_steps = 0  # adamw: linear warm-up, then linear decay
+    c.optim.grad_clip_norm = 0.0  # 0: no clipping
+    c.optim.batch_size = 32  # the paper's batch
+    c.optim.eval_batch_size = 500
+
+    c.search = ml_collections.ConfigDict()
+    c.search.schedule = "worm"  # none (EB Train) | worm | always | greedy
+    c.search.prune_ratio = 0.5  # p: fraction of representative entries pruned
+    c.search.window = 5  # l: masks in the FIFO window
+    c.search.stop_distance = 0.1  # s: stop when every distance <= s
+    c.search.trigger_margin = 0.05  # delta: WORM starts once d_avg < s + delta
+    c.search.truncation_ratio = 3e-3  # r: gradient multiplier of pruned entries
+    c.search.placement = "gradient"  # gradient (before the optimizer) | update
+    c.search.max_epochs = 20  # the search ends unconverged after this many
+
+    c.pruning = ml_collections.ConfigDict()
+    c.pruning.mode = "mask"  # mask (persistent BN channel mask) | reference
+
+    c.retrain = ml_collections.ConfigDict()
+    c.retrain.max_epochs = 10
+    c.retrain.target_kind = "absolute"  # absolute (authors: 0.90) | relative
+    c.retrain.target = 0.9  # accuracy, or fraction of the pre-prune accuracy
+
+    c.experiment = ml_collections.ConfigDict()
+    c.experiment.schedules = ""  # e.g. "none,worm": paired arms; "" = search.schedule
+    c.experiment.placements = ""  # e.g. "gradient,update"; "" = search.placement
+    c.experiment.sweep_ratios = ""  # e.g. "1,0.5,0.1": Table I (schedule always)
+    c.experiment.num_seeds = 1  # seeds seed .. seed + num_seeds - 1
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.max_to_keep = 2  # older good checkpoints kept beside the newest
+    return c

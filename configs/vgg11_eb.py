@@ -1,0 +1,13 @@
+"""VGG-11 on CIFAR-10, EB Train (no truncation): the paper's settings.
+
+  python launch.py --config=configs/vgg11_eb.py --config.data.dir=/path/to/cifar-10-python.tar.gz
+"""
+
+from configs import base
+
+
+def get_config():
+    c = base.get_config()
+    c.model.name = "cifar_vgg11"
+    c.search.schedule = "none"
+    return c

@@ -1,0 +1,13 @@
+"""VGG-11 on CIFAR-10, WORM (truncation once d_avg < s + delta): the paper's settings.
+
+  python launch.py --config=configs/vgg11_worm.py --config.data.dir=/path/to/cifar-10-python.tar.gz
+"""
+
+from configs import base
+
+
+def get_config():
+    c = base.get_config()
+    c.model.name = "cifar_vgg11"
+    c.search.schedule = "worm"
+    return c

@@ -1,0 +1,1 @@
+"""Input pipelines: CIFAR-10, the offline digits demo, GLUE."""

@@ -1,0 +1,217 @@
+"""An experiment: variants (EB, WORM, sweeps) x seeds, outputs and tables.
+
+Every variant of a seed starts from the same initial weights and sees the
+same data order, so EB Train and WORM are compared pair by pair, as in the
+paper's Tables II and III; ``experiment.sweep_ratios`` gives Table I.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wormjax import _validate
+from wormjax import checkpoint as ckpt_lib
+from wormjax import models
+from wormjax import plots
+from wormjax import report
+from wormjax import search as search_lib
+from wormjax.data import images as images_lib
+from wormjax.training import run as run_lib
+from wormjax.training import state as state_lib
+from wormjax.training import steps as steps_lib
+
+__all__ = ["variants_from_config", "validate_config", "run_experiment"]
+
+_VARIANT_NAMES = {"none": "eb", "worm": "worm", "always": "always", "greedy": "greedy"}
+
+
+def _csv(text) -> list[str]:
+    if isinstance(text, (list, tuple)):
+        return [str(t).strip() for t in text if str(t).strip()]
+    return [t.strip() for t in str(text or "").split(",") if t.strip()]
+
+
+def variants_from_config(config) -> list[run_lib.Variant]:
+    """The experiment's arms, from ``config.search`` and ``config.experiment``."""
+    exp, srch = config.experiment, config.search
+    ratios = _csv(exp.sweep_ratios)
+    if ratios:
+        out = []
+        for text in ratios:
+            r = _validate.closed_interval("experiment.sweep_ratios entry", float(text),
+                                          0.0, 1.0)
+            out.append(run_lib.Variant(f"always_r{text}", "always", r, srch.placement))
+        return out
+    schedules = _csv(exp.schedules) or [srch.schedule]
+    placements = _csv(exp.placements) or [srch.placement]
+    out = []
+    for schedule in schedules:
+        _validate.one_of("schedule", schedule, search_lib.SCHEDULES)
+        for placement in placements:
+            _validate.one_of("truncation placement", placement, state_lib.PLACEMENTS)
+            if schedule == "none" and placement != placements[0]:
+                continue  # EB Train never truncates: placement is moot
+            name = _VARIANT_NAMES[schedule]
+            if len(placements) > 1 and schedule != "none":
+                name = f"{name}_{placement}"
+            out.append(run_lib.Variant(name, schedule, srch.truncation_ratio, placement))
+    return out
+
+
+def validate_config(config) -> list[run_lib.Variant]:
+    """Checks every choice and range before any data is read or compiled."""
+    _validate.one_of("model.name", config.model.name, models.CNN_MODELS)
+    _validate.one_of("model.dtype", config.model.dtype, models.DTYPES)
+    _validate.one_of("data.name", config.data.name, images_lib.DATASET_NAMES)
+    _validate.one_of("data.source", config.data.source, images_lib.SOURCES)
+    _validate.one_of("pruning.mode", config.pruning.mode, ("mask", "reference"))
+    _validate.one_of("search.schedule", config.search.schedule, search_lib.SCHEDULES)
+    _validate.one_of("search.placement", config.search.placement, state_lib.PLACEMENTS)
+    _validate.one_of("optim.name", config.optim.name, ("sgd", "adamw"))
+    _validate.half_open_interval("optim.learning_rate", config.optim.learning_rate,
+                                 0.0, 10.0)
+    _validate.at_least("optim.batch_size", config.optim.batch_size, 1)
+    _validate.at_least("optim.eval_batch_size", config.optim.eval_batch_size, 1)
+    _validate.one_of("data.eval_split", config.data.eval_split, ("test", "train"))
+    _validate.one_of("retrain.target_kind", config.retrain.target_kind,
+                     ("absolute", "relative"))
+    _validate.half_open_interval("retrain.target", config.retrain.target, 0.0,
+                                 1.0 if config.retrain.target_kind == "absolute"
+                                 else 10.0)
+    _validate.at_least("search.max_epochs", config.search.max_epochs, 1)
+    _validate.at_least("retrain.max_epochs", config.retrain.max_epochs, 1)
+    _validate.at_least("experiment.num_seeds", config.experiment.num_seeds, 1)
+    _validate.at_least("seed", config.seed, 0)
+    _validate.at_least("log_every_steps", config.log_every_steps, 0)
+    variants = variants_from_config(config)
+    for v in variants:  # EarlyBirdConfig validates p, l, s, delta, r
+        run_lib._search_config(config, v)
+    return variants
+
+
+def _build_resources(config, task) -> run_lib.RunResources:
+    variables = task.init_variables(config.seed)
+    layout = task.selector(variables["params"])
+    total_steps = (config.search.max_epochs + config.retrain.max_epochs) * \
+        task.steps_per_epoch
+    counter = steps_lib.CompileCounter()
+    placements = sorted({v.placement for v in variants_from_config(config)})
+    txs, steps = {}, {}
+    for placement in placements:
+        txs[placement] = state_lib.make_optimizer(
+            config.optim, task.selector, total_steps=total_steps, placement=placement)
+        steps[placement] = steps_lib.make_steps(task.forward, txs[placement], counter)
+    flops = task.forward_flops_per_example(variables)
+    num_params = int(sum(np.prod(x.shape) for x in
+                         jax.tree_util.tree_leaves(variables["params"])))
+    res = run_lib.RunResources(task=task, config=config, counter=counter, txs=txs,
+                               steps=steps, layout=layout, flops_per_example=flops,
+                               num_params=num_params)
+    res.compile_seconds = _warm_up(res, variables)
+    return res
+
+
+def _warm_up(res: run_lib.RunResources, variables) -> float:
+    """Compiles every step once on throwaway copies, outside the timed phases.
+
+    Without this the first variant's search time would include compilation
+    and the paired comparison would be unfair to it.
+    """
+    start = time.perf_counter()
+    task, config = res.task, res.config
+    batch = jax.device_put(next(iter(task.train_batches(config.seed, 0))))
+    eval_batch = jax.device_put(next(iter(task.eval_batches())))
+    inactive = steps_lib.inactive_truncation(res.layout.num_entries)
+    for placement, fns in res.steps.items():
+        # A copy: the steps donate their state, which would delete `variables`.
+        copy = jax.tree_util.tree_map(jnp.copy, variables)
+        state = state_lib.create_train_state(copy, res.txs[placement], config.seed)
+        state, acc = fns.train(state, batch, inactive, steps_lib.zero_metrics())
+        if config.pruning.mode == "mask":
+            ones = jax.tree_util.tree_map(lambda p: jnp.ones(p.shape, jnp.float32),
+                                          state.params)
+            state, acc = fns.train_masked(state, batch, inactive, acc, ones)
+        acc = fns.eval(state.params, state.batch_stats, eval_batch, acc)
+        jax.block_until_ready(acc)
+    for variant in variants_from_config(config):
+        search_config = run_lib._search_config(config, variant)
+        update = res.eb_update_fn(search_config)
+        eb = search_lib.init(res.layout.num_entries, search_config)
+        jax.block_until_ready(update(eb, variables["params"]))
+    eb = update(eb, variables["params"])
+    jax.block_until_ready(res.prune_fn(variables["params"], eb.newest_mask))
+    return time.perf_counter() - start
+
+
+def _make_task(config):
+    from wormjax.training import image_task  # noqa: PLC0415 - one task kind today
+    return image_task.ImageTask(config)
+
+
+def _log_record(writer: report.MetricsWriter, record: dict) -> None:
+    writer.write(record)
+    if record["kind"] == "epoch":
+        logging.info("%s seed %d: %s", record["variant"], record["seed"],
+                     report.epoch_line(record))
+
+
+def run_experiment(config, workdir: str, *, print_fn=print) -> dict:
+    """Runs (or resumes) every variant x seed of ``config`` in ``workdir``.
+
+    Returns:
+      The experiment summary, also written to ``<workdir>/summary.json``.
+    """
+    variants = validate_config(config)
+    os.makedirs(workdir, exist_ok=True)
+    config_dict = json.loads(config.to_json_best_effort())
+    resumed = ckpt_lib.check_workdir_config(workdir, config_dict)
+    logging.info("%s experiment in %s", "resuming" if resumed else "starting", workdir)
+    started = time.perf_counter()
+    task = _make_task(config)
+    res = _build_resources(config, task)
+    summaries = []
+    for offset in range(config.experiment.num_seeds):
+        seed = config.seed + offset
+        for variant in variants:
+            run_dir = os.path.join(workdir, f"{variant.name}_seed{seed}")
+            # Opened before the run so its set-up cost stays out of the timings.
+            with report.MetricsWriter(workdir, variant.name, seed) as writer:
+                res.log = functools.partial(_log_record, writer)
+                run_summary = run_lib.run_variant(res, variant, seed, run_dir)
+            report.write_summary(os.path.join(run_dir, "summary.json"), run_summary)
+            summaries.append(run_summary)
+
+    tables = {"comparison": report.comparison_table(
+        summaries, max_retrain_epochs=config.retrain.max_epochs)}
+    if any(s["schedule"] == "always" for s in summaries):
+        tables["sweep"] = report.sweep_table(
+            summaries, max_retrain_epochs=config.retrain.max_epochs)
+    records = [r for s in summaries for r in s["trajectory"]]
+    plots.plot_mask_distance(records, os.path.join(workdir, "mask_distance.png"),
+                             config.search.stop_distance,
+                             config.search.stop_distance + config.search.trigger_margin)
+    plots.plot_loss_curves(records, os.path.join(workdir, "loss_curves.png"))
+    payload = {
+        "config": config_dict,
+        "environment": report.environment_info(),
+        "compile_counts": dict(res.counter.counts),
+        "compile_seconds": res.compile_seconds,
+        "steps_per_epoch": task.steps_per_epoch,
+        "train_examples": len(task.train_ds), "eval_examples": len(task.eval_ds),
+        "wall_time_this_invocation": time.perf_counter() - started,
+        "runs": [{k: v for k, v in s.items() if k != "trajectory"} for s in summaries],
+        "tables": tables,
+    }
+    report.write_summary(os.path.join(workdir, "summary.json"), payload)
+    for name, table in tables.items():
+        print_fn(table)
+    print_fn(f"compilations: {dict(res.counter.counts)}; outputs in {workdir}")
+    return payload

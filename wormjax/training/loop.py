@@ -1,0 +1,95 @@
+"""One training epoch and one evaluation pass over device-prefetched batches.
+
+The host reads the device only at the logging interval and at the end of the
+epoch; between those the steps are dispatched asynchronously.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from typing import Callable, Iterable, Iterator
+
+import jax
+from tqdm.auto import tqdm
+
+from wormjax.data import pipeline
+from wormjax.training import steps as steps_lib
+
+__all__ = ["NonFiniteLossError", "train_epoch", "evaluate"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def train_epoch(step_fn: Callable, state, batches: Iterable, *, num_steps: int,
+                log_every: int, on_log: Callable[[int, dict], None] | None = None,
+                description: str = "", progress: bool = True, prefetch: int = 2,
+                sharding=None):
+    """Runs ``step_fn(state, batch, acc) -> (state, acc)`` over one epoch.
+
+    Args:
+      step_fn: the jitted step with its other arguments bound.
+      state: the train state (donated to the step).
+      batches: host batches of this epoch.
+      num_steps: how many batches ``batches`` yields (for the progress bar).
+      log_every: read the running metrics every this many steps (0 = only at
+        the end); reading is the only host-device sync.
+      on_log: called with (step in epoch, running metrics) at each read.
+      description: progress bar label.
+      progress: show a progress bar.
+      prefetch: batches transferred to the device ahead of the step.
+      sharding: placement of each batch (None = default device).
+
+    Returns:
+      (state, metrics of the epoch, seconds).
+
+    Raises:
+      NonFiniteLossError: the loss is NaN or infinite at a read.
+    """
+    start = time.perf_counter()
+    acc = steps_lib.zero_metrics()
+    bar = tqdm(total=num_steps, desc=description, leave=False, file=sys.stderr,
+               disable=not progress, dynamic_ncols=True)
+    done = 0
+    with pipeline.prefetch_to_device(batches, size=prefetch, sharding=sharding) as it:
+        for batch in it:
+            state, acc = step_fn(state, batch, acc)
+            done += 1
+            if log_every and done % log_every == 0:
+                running = _checked(acc, description)
+                bar.set_postfix(loss=f"{running['loss']:.4f}",
+                                acc=f"{running['accuracy']:.3f}", refresh=False)
+                bar.update(log_every)
+                if on_log is not None:
+                    on_log(done, running)
+    metrics = _checked(acc, description) if done else {"loss": math.nan,
+                                                         "accuracy": math.nan}
+    bar.close()
+    return state, metrics, time.perf_counter() - start
+
+
+def _checked(acc, description: str) -> dict:
+    running = steps_lib.read_metrics(acc)
+    if not math.isfinite(running["loss"]):
+        raise NonFiniteLossError(
+            f"training loss is {running['loss']} ({description}); the run stopped and "
+            "the last good checkpoint was kept. Lower the learning rate or check the data.")
+    return running
+
+
+def evaluate(eval_fn: Callable, params, batch_stats, batches: Iterator, *,
+             prefetch: int = 2, sharding=None) -> dict:
+    """Accuracy and loss over every example of ``batches`` exactly once."""
+    acc = steps_lib.zero_metrics()
+    with pipeline.prefetch_to_device(batches, size=prefetch, sharding=sharding) as it:
+        for batch in it:
+            acc = eval_fn(params, batch_stats, batch, acc)
+    return steps_lib.read_metrics(acc)
+
+
+def block(tree) -> None:
+    """Waits for every array of ``tree`` (timing boundaries only)."""
+    jax.block_until_ready(tree)

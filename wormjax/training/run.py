@@ -1,0 +1,339 @@
+"""One search -> ticket -> prune -> retrain run, resumable at every epoch.
+
+The phase, epoch, per-epoch records and accumulated times live in the
+checkpoint's metadata, next to the train state and the Early-Bird state, so a
+run killed at any point resumes where its last checkpoint left it and ends
+with the same summary as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from wormjax import checkpoint as ckpt_lib
+from wormjax import pruning
+from wormjax import search as search_lib
+from wormjax import truncation as truncation_lib
+from wormjax.training import loop
+from wormjax.training import state as state_lib
+from wormjax.training import steps as steps_lib
+
+__all__ = ["Variant", "RunResources", "run_variant", "restore_target"]
+
+
+
+class PrunedCopy(NamedTuple):
+    params: Any
+    param_mask: Any | None
+    nonzero: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One arm of an experiment: a truncation schedule with its r and placement."""
+
+    name: str
+    schedule: str
+    truncation_ratio: float
+    placement: str = "gradient"
+
+
+@dataclasses.dataclass
+class RunResources:
+    """What every run of an experiment shares: task, compiled steps, counters."""
+
+    task: Any
+    config: Any
+    counter: steps_lib.CompileCounter
+    txs: dict  # placement -> optimizer (each compiled once)
+    steps: dict  # placement -> StepFns
+    layout: Any
+    flops_per_example: float
+    num_params: int
+    log: Callable[[dict], None] = lambda record: None
+    compile_seconds: float = 0.0
+    _prune: Callable | None = None
+
+    def prune_fn(self, params, keep_flat) -> pruning.Pruned:
+        """Prunes a copy of ``params`` in one compiled call (config.pruning.mode)."""
+        if self._prune is None:
+            def prune(params, keep_flat):
+                self.counter.hit("prune")
+                out = pruning.prune(self.config.pruning.mode, params,
+                                    layout=self.layout, keep_flat=keep_flat,
+                                    prune_ratio=self.config.search.prune_ratio)
+                nonzero = sum(jnp.count_nonzero(x) for x in
+                              jax.tree_util.tree_leaves(out.params))
+                return out, nonzero
+            self._prune = jax.jit(prune)
+        out, nonzero = self._prune(params, keep_flat)
+        return PrunedCopy(out.params, out.param_mask, nonzero)
+    eb_updates: dict = dataclasses.field(default_factory=dict)  # config -> jitted
+
+    def eb_update_fn(self, search_config: search_lib.EarlyBirdConfig) -> Callable:
+        """The jitted epoch-end update for a search config, compiled once."""
+        if search_config not in self.eb_updates:
+            def update(eb, params):
+                self.counter.hit("eb_update")
+                return search_lib.update(eb, self.layout.representative(params),
+                                         search_config)
+            self.eb_updates[search_config] = jax.jit(update)
+        return self.eb_updates[search_config]
+
+
+def restore_target(retrain_cfg, pre_prune_accuracy: float) -> float:
+    """The accuracy retraining must reach: absolute, or relative to pre-prune."""
+    if retrain_cfg.target_kind == "absolute":
+        return float(retrain_cfg.target)
+    return float(retrain_cfg.target) * float(pre_prune_accuracy)
+
+
+def _search_config(config, variant: Variant) -> search_lib.EarlyBirdConfig:
+    s = config.search
+    return search_lib.EarlyBirdConfig(
+        prune_ratio=s.prune_ratio, window=s.window, stop_distance=s.stop_distance,
+        trigger_margin=s.trigger_margin, truncation_ratio=variant.truncation_ratio,
+        schedule=variant.schedule)
+
+
+def _epoch_record(variant, seed, phase, epoch, eb=None, train=None, evaluation=None,
+                  seconds=0.0, steps=0, truncation=None):
+    rec = {"kind": "epoch", "variant": variant.name, "seed": seed, "phase": phase,
+           "epoch": epoch, "d_max": None, "d_avg": None, "dists": None,
+           "truncation_active": False, "ratio": 1.0, "train_loss": None,
+           "train_accuracy": None, "eval_accuracy": None, "eval_loss": None,
+           "epoch_time": seconds, "steps": steps}
+    if eb is not None:
+        rec.update(d_max=float(eb.d_max), d_avg=float(eb.d_avg),
+                   dists=[float(d) for d in eb.dists],
+                   truncation_active=bool(eb.active), ratio=float(eb.ratio))
+    if truncation is not None:
+        rec.update(truncation_active=bool(truncation.active),
+                   ratio=float(truncation.ratio))
+    if train is not None:
+        rec.update(train_loss=train["loss"], train_accuracy=train["accuracy"])
+    if evaluation is not None:
+        rec.update(eval_accuracy=evaluation["accuracy"], eval_loss=evaluation["loss"])
+    return rec
+
+
+class _Run:
+    """The mutable bookkeeping of one run; all of it goes into checkpoints."""
+
+    def __init__(self, res: RunResources, variant: Variant, seed: int, workdir: str):
+        self.res, self.variant, self.seed = res, variant, seed
+        self.config = res.config
+        self.workdir = workdir
+        self.search = search_lib.early_bird(_search_config(self.config, variant))
+        self.tx = res.txs[variant.placement]
+        self.steps = res.steps[variant.placement]
+        self.ckpt = ckpt_lib.RunCheckpointer(
+            os.path.join(workdir, "checkpoints"),
+            max_to_keep=self.config.checkpoint.max_to_keep)
+        self.meta = {"phase": "search", "epoch": 0, "data_epoch": 0,
+                     "save_index": 0, "records": [], "examples_trained": 0,
+                     "times": {"search": 0.0, "prune": 0.0, "retrain": 0.0},
+                     "ticket": None, "pre_prune_accuracy": None,
+                     "post_prune_accuracy": None, "restore_epochs": None,
+                     "target_accuracy": None, "pruned_nonzero": None}
+        self.eb_update = res.eb_update_fn(self.search.config)
+
+    # -- checkpoints -------------------------------------------------------
+    def save(self, tree):
+        self.meta["save_index"] += 1
+        self.ckpt.save(self.meta["save_index"], tree, self.meta)
+
+    def restore_or_init(self, fresh_state, fresh_eb):
+        step = self.ckpt.latest_step()
+        if step is None:
+            return fresh_state, fresh_eb, None
+        self.meta = self.ckpt.restore_meta(step)
+        like = {"state": fresh_state, "eb": fresh_eb}
+        if self.meta["phase"] in ("retrain", "done") and self.meta.get("has_param_mask"):
+            like["param_mask"] = jax.tree_util.tree_map(
+                lambda p: jnp.ones(p.shape, jnp.float32), fresh_state.params)
+        tree = self.ckpt.restore(step, like)
+        logging.info("resumed %s seed %d from checkpoint %d (%s epoch %d)",
+                     self.variant.name, self.seed, step, self.meta["phase"],
+                     self.meta["epoch"])
+        return tree["state"], tree["eb"], tree.get("param_mask")
+
+    def record(self, rec):
+        self.meta["records"].append(rec)
+        self.res.log(rec)
+
+    # -- phases ------------------------------------------------------------
+    def train_one_epoch(self, state, step_fn, phase, epoch):
+        def on_log(step, running):
+            self.res.log({"kind": "step", "variant": self.variant.name,
+                          "seed": self.seed, "phase": phase,
+                          "step": int(epoch * self.res.task.steps_per_epoch + step),
+                          "epoch": epoch, "loss": running["loss"],
+                          "accuracy": running["accuracy"]})
+
+        batches = self.res.task.train_batches(self.seed, self.meta["data_epoch"])
+        state, metrics, seconds = loop.train_epoch(
+            step_fn, state, batches, num_steps=self.res.task.steps_per_epoch,
+            log_every=self.config.log_every_steps, on_log=on_log,
+            description=f"{self.variant.name} s{self.seed} {phase} {epoch}",
+            progress=self.config.progress_bar, prefetch=self.config.data.prefetch)
+        self.meta["data_epoch"] += 1
+        self.meta["examples_trained"] += (self.res.task.steps_per_epoch
+                                          * self.res.task.batch_size)
+        return state, metrics, seconds
+
+    def evaluate(self, state):
+        return loop.evaluate(self.steps.eval, state.params, state.batch_stats,
+                             self.res.task.eval_batches(),
+                             prefetch=self.config.data.prefetch)
+
+    def run_search(self, state, eb):
+        max_epochs = self.config.search.max_epochs
+        while self.meta["epoch"] < max_epochs:
+            epoch = self.meta["epoch"]
+            t0 = time.perf_counter()
+            eb = self.eb_update(eb, state.params)
+            if bool(eb.converged):
+                self.meta["times"]["search"] += time.perf_counter() - t0
+                self.record(_epoch_record(self.variant, self.seed, "search", epoch,
+                                          eb=eb))
+                self.meta["ticket"] = {"epoch": epoch, "converged": True}
+                return state, eb
+            truncation = truncation_lib.truncation_from_eb_state(eb)
+            step_fn = functools.partial(self._train_step, truncation=truncation)
+            state, train_metrics, _ = self.train_one_epoch(state, step_fn, "search",
+                                                           epoch)
+            evaluation = self.evaluate(state)
+            seconds = time.perf_counter() - t0
+            self.meta["times"]["search"] += seconds
+            self.record(_epoch_record(self.variant, self.seed, "search", epoch, eb=eb,
+                                      train=train_metrics, evaluation=evaluation,
+                                      seconds=seconds,
+                                      steps=self.res.task.steps_per_epoch))
+            self.meta["epoch"] = epoch + 1
+            self.save({"state": state, "eb": eb})
+        self.meta["ticket"] = {"epoch": max_epochs, "converged": False}
+        return state, eb
+
+    def _train_step(self, state, batch, acc, *, truncation, param_mask=None):
+        if param_mask is None:
+            return self.steps.train(state, batch, truncation, acc)
+        return self.steps.train_masked(state, batch, truncation, acc, param_mask)
+
+    def prune(self, state, eb):
+        t0 = time.perf_counter()
+        search_evals = [r["eval_accuracy"] for r in self.meta["records"]
+                        if r["phase"] == "search" and r["eval_accuracy"] is not None]
+        pre = search_evals[-1] if search_evals else self.evaluate(state)["accuracy"]
+        pruned = self.res.prune_fn(state.params, eb.newest_mask)
+        variables = {"params": pruned.params, "batch_stats": state.batch_stats}
+        new_state = state_lib.create_train_state(variables, self.tx, self.seed)
+        post = self.evaluate(new_state)["accuracy"]
+        self.meta.update(pre_prune_accuracy=pre, post_prune_accuracy=post,
+                         phase="retrain", epoch=0,
+                         has_param_mask=pruned.param_mask is not None,
+                         pruned_nonzero=int(pruned.nonzero),
+                         target_accuracy=restore_target(self.config.retrain, pre))
+        self.meta["times"]["prune"] += time.perf_counter() - t0
+        tree = {"state": new_state, "eb": eb}
+        if pruned.param_mask is not None:
+            tree["param_mask"] = pruned.param_mask
+        self.save(tree)
+        return new_state, pruned.param_mask
+
+    def run_retrain(self, state, eb, param_mask):
+        inactive = steps_lib.inactive_truncation(self.res.layout.num_entries)
+        step_fn = functools.partial(self._train_step, truncation=inactive,
+                                    param_mask=param_mask)
+        target = self.meta["target_accuracy"]
+        while (self.meta["epoch"] < self.config.retrain.max_epochs
+               and self.meta["restore_epochs"] is None):
+            epoch = self.meta["epoch"]
+            t0 = time.perf_counter()
+            state, train_metrics, _ = self.train_one_epoch(state, step_fn, "retrain",
+                                                           epoch)
+            evaluation = self.evaluate(state)
+            seconds = time.perf_counter() - t0
+            self.meta["times"]["retrain"] += seconds
+            self.record(_epoch_record(self.variant, self.seed, "retrain", epoch,
+                                      train=train_metrics, evaluation=evaluation,
+                                      seconds=seconds, truncation=inactive,
+                                      steps=self.res.task.steps_per_epoch))
+            self.meta["epoch"] = epoch + 1
+            if evaluation["accuracy"] >= target:
+                self.meta["restore_epochs"] = epoch + 1
+            tree = {"state": state, "eb": eb}
+            if param_mask is not None:
+                tree["param_mask"] = param_mask
+            self.save(tree)
+        return state
+
+    def summary(self) -> dict:
+        meta, cfg = self.meta, self.config
+        retrain = [r for r in meta["records"] if r["phase"] == "retrain"]
+        times = dict(meta["times"])
+        times["total"] = times["search"] + times["prune"] + times["retrain"]
+        flops = self.res.flops_per_example
+        return {
+            "variant": self.variant.name, "schedule": self.variant.schedule,
+            "placement": self.variant.placement, "seed": self.seed,
+            "truncation_ratio": self.variant.truncation_ratio,
+            "converged": meta["ticket"]["converged"],
+            "ticket_epoch": meta["ticket"]["epoch"],
+            "stop_distance": cfg.search.stop_distance,
+            "trigger_threshold": (cfg.search.stop_distance + cfg.search.trigger_margin
+                                  if self.variant.schedule == "worm" else None),
+            "pre_prune_accuracy": meta["pre_prune_accuracy"],
+            "post_prune_accuracy": meta["post_prune_accuracy"],
+            "retrain_accuracy_after_one_epoch":
+                retrain[0]["eval_accuracy"] if retrain else None,
+            "restore_epochs": meta["restore_epochs"],
+            "restore_target": {"kind": cfg.retrain.target_kind,
+                               "value": cfg.retrain.target,
+                               "accuracy": meta["target_accuracy"]},
+            "pruning_mode": cfg.pruning.mode,
+            "eval_split": cfg.data.eval_split,
+            "times": times,
+            "flops": {"dense_forward_per_example": flops,
+                      "training_flops_spent": 3.0 * flops * meta["examples_trained"],
+                      "pruned_forward_per_example": None},
+            "params": {"dense": self.res.num_params,
+                       "pruned": meta["pruned_nonzero"]},
+            "examples_trained": meta["examples_trained"],
+            "trajectory": meta["records"],
+        }
+
+
+def run_variant(res: RunResources, variant: Variant, seed: int, workdir: str) -> dict:
+    """Runs (or resumes) one variant from ``seed`` to its summary.
+
+    The initial weights and the data order depend on ``seed`` only, so every
+    variant of an experiment starts from the same initialisation.
+    """
+    run = _Run(res, variant, seed, workdir)
+    try:
+        variables = res.task.init_variables(seed)
+        fresh_state = state_lib.create_train_state(variables, run.tx, seed)
+        fresh_eb = run.search.init(res.layout.num_entries)
+        state, eb, param_mask = run.restore_or_init(fresh_state, fresh_eb)
+        if run.meta["phase"] == "search":
+            state, eb = run.run_search(state, eb)
+            state, param_mask = run.prune(state, eb)
+        if run.meta["phase"] == "retrain":
+            state = run.run_retrain(state, eb, param_mask)
+            run.meta["phase"] = "done"
+            tree = {"state": state, "eb": eb}
+            if param_mask is not None:
+                tree["param_mask"] = param_mask
+            run.save(tree)
+        return run.summary()
+    finally:
+        run.ckpt.close()
