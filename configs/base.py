@@ -10,6 +10,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
+    c.task = "image"  # image (CNN on CIFAR-10 / digits) | text (BERT on GLUE)
     c.seed = 0  # initial weights and data order; seed i of N uses seed + i
     c.log_every_steps = 50  # read running metrics (the only host sync) this often
     c.progress_bar = True  # one tqdm bar per epoch on stderr

@@ -19,11 +19,9 @@ import numpy as np
 
 from wormjax import _validate
 from wormjax import checkpoint as ckpt_lib
-from wormjax import models
 from wormjax import plots
 from wormjax import report
 from wormjax import search as search_lib
-from wormjax.data import images as images_lib
 from wormjax.training import run as run_lib
 from wormjax.training import state as state_lib
 from wormjax.training import steps as steps_lib
@@ -68,10 +66,8 @@ def variants_from_config(config) -> list[run_lib.Variant]:
 
 def validate_config(config) -> list[run_lib.Variant]:
     """Checks every choice and range before any data is read or compiled."""
-    _validate.one_of("model.name", config.model.name, models.CNN_MODELS)
-    _validate.one_of("model.dtype", config.model.dtype, models.DTYPES)
-    _validate.one_of("data.name", config.data.name, images_lib.DATASET_NAMES)
-    _validate.one_of("data.source", config.data.source, images_lib.SOURCES)
+    task_cls = _task_class(config)
+    task_cls.validate_config(config)
     _validate.one_of("pruning.mode", config.pruning.mode, ("mask", "reference"))
     _validate.one_of("search.schedule", config.search.schedule, search_lib.SCHEDULES)
     _validate.one_of("search.placement", config.search.placement, state_lib.PLACEMENTS)
@@ -80,7 +76,6 @@ def validate_config(config) -> list[run_lib.Variant]:
                                  0.0, 10.0)
     _validate.at_least("optim.batch_size", config.optim.batch_size, 1)
     _validate.at_least("optim.eval_batch_size", config.optim.eval_batch_size, 1)
-    _validate.one_of("data.eval_split", config.data.eval_split, ("test", "train"))
     _validate.one_of("retrain.target_kind", config.retrain.target_kind,
                      ("absolute", "relative"))
     _validate.half_open_interval("retrain.target", config.retrain.target, 0.0,
@@ -151,9 +146,21 @@ def _warm_up(res: run_lib.RunResources, variables) -> float:
     return time.perf_counter() - start
 
 
+TASKS = ("image", "text")
+
+
+def _task_class(config):
+    """The task class named by ``config.task`` (imported on demand)."""
+    kind = _validate.one_of("task", config.get("task", "image"), TASKS)
+    if kind == "image":
+        from wormjax.training import image_task  # noqa: PLC0415
+        return image_task.ImageTask
+    from wormjax.training import text_task  # noqa: PLC0415
+    return text_task.TextTask
+
+
 def _make_task(config):
-    from wormjax.training import image_task  # noqa: PLC0415 - one task kind today
-    return image_task.ImageTask(config)
+    return _task_class(config)(config)
 
 
 def _log_record(writer: report.MetricsWriter, record: dict) -> None:
@@ -191,6 +198,8 @@ def run_experiment(config, workdir: str, *, print_fn=print) -> dict:
 
     tables = {"comparison": report.comparison_table(
         summaries, max_retrain_epochs=config.retrain.max_epochs)}
+    if task.kind == "text":  # the paper's Tables IV-VI
+        tables["glue"] = report.glue_table(summaries)
     if any(s["schedule"] == "always" for s in summaries):
         tables["sweep"] = report.sweep_table(
             summaries, max_retrain_epochs=config.retrain.max_epochs)
@@ -205,7 +214,8 @@ def run_experiment(config, workdir: str, *, print_fn=print) -> dict:
         "compile_counts": dict(res.counter.counts),
         "compile_seconds": res.compile_seconds,
         "steps_per_epoch": task.steps_per_epoch,
-        "train_examples": len(task.train_ds), "eval_examples": len(task.eval_ds),
+        "train_examples": task.num_train_examples,
+        "eval_examples": task.num_eval_examples,
         "wall_time_this_invocation": time.perf_counter() - started,
         "runs": [{k: v for k, v in s.items() if k != "trajectory"} for s in summaries],
         "tables": tables,

@@ -38,14 +38,22 @@ class ImageTask:
     """CNN + image data set, built from ``config.model`` and ``config.data``."""
 
     kind = "image"
+    persistent_reference_mask = False  # the authors' CNN code retrained densely
+
+    @staticmethod
+    def validate_config(config) -> None:
+        """Checks the image-specific fields before any data is read."""
+        _validate.one_of("model.name", config.model.name, models.CNN_MODELS)
+        _validate.one_of("model.dtype", config.model.dtype, models.DTYPES)
+        _validate.one_of("data.name", config.data.name, images_lib.DATASET_NAMES)
+        _validate.one_of("data.source", config.data.source, images_lib.SOURCES)
+        _validate.one_of("data.eval_split", config.data.eval_split, ("test", "train"))
+        _validate.one_of("data.normalization", config.data.normalization,
+                         pipeline.NORMALIZE_SCHEMES)
 
     def __init__(self, config):
         data, model_cfg = config.data, config.model
-        _validate.one_of("data.eval_split", data.eval_split, ("test", "train"))
-        _validate.one_of("data.normalization", data.normalization,
-                         pipeline.NORMALIZE_SCHEMES)
-        _validate.at_least("optim.batch_size", config.optim.batch_size, 1)
-        _validate.at_least("optim.eval_batch_size", config.optim.eval_batch_size, 1)
+        self.validate_config(config)
         if model_cfg.pretrained and not os.path.isfile(model_cfg.pretrained):
             raise FileNotFoundError(
                 f"model.pretrained={model_cfg.pretrained!r} is not a file; give a "
@@ -68,6 +76,7 @@ class ImageTask:
         num_classes = model_cfg.num_classes or self.train_ds.num_classes
         self.model = models.create_cnn(model_cfg.name, num_classes, model_cfg.width,
                                        model_cfg.dtype)
+        self.name = data.name
         self.selector = selectors_lib.batchnorm_selector()
         self.batch_size = config.optim.batch_size
         self.eval_batch_size = config.optim.eval_batch_size
@@ -77,6 +86,14 @@ class ImageTask:
         self._dtype = models.DTYPES[model_cfg.dtype]
         # One jitted init for every run of the experiment: compiled once.
         self._init = jax.jit(functools.partial(self.model.init, train=False))
+
+    @property
+    def num_train_examples(self) -> int:
+        return len(self.train_ds)
+
+    @property
+    def num_eval_examples(self) -> int:
+        return len(self.eval_ds)
 
     @property
     def input_shape(self):

@@ -67,9 +67,10 @@ class RunResources:
         if self._prune is None:
             def prune(params, keep_flat):
                 self.counter.hit("prune")
-                out = pruning.prune(self.config.pruning.mode, params,
-                                    layout=self.layout, keep_flat=keep_flat,
-                                    prune_ratio=self.config.search.prune_ratio)
+                out = pruning.prune(
+                    self.config.pruning.mode, params, layout=self.layout,
+                    keep_flat=keep_flat, prune_ratio=self.config.search.prune_ratio,
+                    persistent_reference_mask=self.task.persistent_reference_mask)
                 nonzero = sum(jnp.count_nonzero(x) for x in
                               jax.tree_util.tree_leaves(out.params))
                 return out, nonzero
@@ -121,8 +122,17 @@ def _epoch_record(variant, seed, phase, epoch, eb=None, train=None, evaluation=N
     if train is not None:
         rec.update(train_loss=train["loss"], train_accuracy=train["accuracy"])
     if evaluation is not None:
-        rec.update(eval_accuracy=evaluation["accuracy"], eval_loss=evaluation["loss"])
+        rec.update(eval_accuracy=evaluation["accuracy"], eval_loss=evaluation["loss"],
+                   eval_f1=evaluation["f1"])
     return rec
+
+
+def _bar_label(variant, seed, phase, epoch, eb) -> str:
+    label = f"{variant.name} s{seed} {phase} {epoch}"
+    if eb is not None:  # already on the host for the epoch record
+        label += (f" d_max {float(eb.d_max):.3f} d_avg {float(eb.d_avg):.3f}"
+                  f"{' trunc' if bool(eb.active) else ''}")
+    return label
 
 
 class _Run:
@@ -171,7 +181,7 @@ class _Run:
         self.res.log(rec)
 
     # -- phases ------------------------------------------------------------
-    def train_one_epoch(self, state, step_fn, phase, epoch):
+    def train_one_epoch(self, state, step_fn, phase, epoch, eb=None):
         def on_log(step, running):
             self.res.log({"kind": "step", "variant": self.variant.name,
                           "seed": self.seed, "phase": phase,
@@ -183,7 +193,7 @@ class _Run:
         state, metrics, seconds = loop.train_epoch(
             step_fn, state, batches, num_steps=self.res.task.steps_per_epoch,
             log_every=self.config.log_every_steps, on_log=on_log,
-            description=f"{self.variant.name} s{self.seed} {phase} {epoch}",
+            description=_bar_label(self.variant, self.seed, phase, epoch, eb),
             progress=self.config.progress_bar, prefetch=self.config.data.prefetch)
         self.meta["data_epoch"] += 1
         self.meta["examples_trained"] += (self.res.task.steps_per_epoch
@@ -210,7 +220,7 @@ class _Run:
             truncation = truncation_lib.truncation_from_eb_state(eb)
             step_fn = functools.partial(self._train_step, truncation=truncation)
             state, train_metrics, _ = self.train_one_epoch(state, step_fn, "search",
-                                                           epoch)
+                                                           epoch, eb)
             evaluation = self.evaluate(state)
             seconds = time.perf_counter() - t0
             self.meta["times"]["search"] += seconds
@@ -283,6 +293,7 @@ class _Run:
         times["total"] = times["search"] + times["prune"] + times["retrain"]
         flops = self.res.flops_per_example
         return {
+            "task": self.res.task.name,
             "variant": self.variant.name, "schedule": self.variant.schedule,
             "placement": self.variant.placement, "seed": self.seed,
             "truncation_ratio": self.variant.truncation_ratio,

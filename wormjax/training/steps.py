@@ -34,15 +34,21 @@ class CompileCounter:
 
 
 def zero_metrics() -> jax.Array:
-    """An empty accumulator: loss sum, correct predictions, examples."""
-    return jnp.zeros((3,), jnp.float32)
+    """An empty accumulator.
+
+    Entries: loss sum, correct predictions, examples, and for class 1 against
+    the rest the true positives, false positives and false negatives (the F1
+    of binary tasks such as MRPC).
+    """
+    return jnp.zeros((6,), jnp.float32)
 
 
 def read_metrics(acc) -> dict[str, float]:
     """Host view of an accumulator (this is the sync point)."""
-    loss_sum, correct, count = (float(x) for x in jax.device_get(acc))
+    loss_sum, correct, count, tp, fp, fn = (float(x) for x in jax.device_get(acc))
     count = max(count, 1.0)
-    return {"loss": loss_sum / count, "accuracy": correct / count}
+    f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0
+    return {"loss": loss_sum / count, "accuracy": correct / count, "f1": f1}
 
 
 class StepFns(NamedTuple):
@@ -53,9 +59,14 @@ class StepFns(NamedTuple):
 
 def _batch_metrics(logits, labels, weights):
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    correct = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    predicted = jnp.argmax(logits, -1)
+    correct = (predicted == labels).astype(jnp.float32)
+    pred_pos = (predicted == 1).astype(jnp.float32)
+    true_pos = (labels == 1).astype(jnp.float32)
     return jnp.stack([jnp.sum(losses * weights), jnp.sum(correct * weights),
-                      jnp.sum(weights)])
+                      jnp.sum(weights), jnp.sum(pred_pos * true_pos * weights),
+                      jnp.sum(pred_pos * (1 - true_pos) * weights),
+                      jnp.sum((1 - pred_pos) * true_pos * weights)])
 
 
 def make_steps(forward: Forward, tx, counter: CompileCounter | None = None,
