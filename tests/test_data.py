@@ -14,7 +14,9 @@ import pytest
 from wormjax.data import images as images_lib
 from wormjax.data import pipeline
 
-REAL_CIFAR = "/work/shared/data/cifar10/cifar-10-python.tar.gz"
+from conftest import shared_data
+
+REAL_CIFAR = shared_data("cifar10", "cifar-10-python.tar.gz") or "absent"
 PER_BATCH = 3
 
 

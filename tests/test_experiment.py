@@ -167,3 +167,46 @@ def test_launch_entry_point_with_overrides(tmp_path):
                                     "--config.search.prune_ratio=0"],
                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0 and "prune_ratio" in bad.stderr
+
+
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
+        reference_run, tmp_path, monkeypatch):
+    from wormjax.training import loop
+    from wormjax.training import steps as steps_lib
+
+    ref_dir, _ = reference_run
+    workdir = str(tmp_path / "nan")
+    real_read = steps_lib.read_metrics
+    reads = []
+
+    def poisoned(acc):
+        out = real_read(acc)
+        reads.append(1)
+        if len(reads) == 5:  # inside the second search epoch
+            out = dict(out, loss=float("nan"))
+        return out
+
+    monkeypatch.setattr(steps_lib, "read_metrics", poisoned)
+    with pytest.raises(loop.NonFiniteLossError, match="last good checkpoint"):
+        experiment.run_experiment(tiny_config(), workdir, print_fn=lambda s: None)
+    monkeypatch.setattr(steps_lib, "read_metrics", real_read)
+    ckpt_dir = os.path.join(workdir, "eb_seed0", "checkpoints")
+    assert sorted(os.listdir(ckpt_dir))[-1] == "1"  # epoch 0's checkpoint survives
+    experiment.run_experiment(tiny_config(), workdir, print_fn=lambda s: None)
+    assert _run_summaries(workdir) == _run_summaries(ref_dir)
+
+
+def test_corrupt_checkpoint_is_a_clear_error(reference_run, tmp_path):
+    import shutil
+
+    ref_dir, _ = reference_run
+    workdir = str(tmp_path / "corrupt")
+    shutil.copytree(ref_dir, workdir)
+    ckpt_dir = os.path.join(workdir, "eb_seed0", "checkpoints")
+    latest = max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
+    for root, _, files in os.walk(os.path.join(ckpt_dir, str(latest), "state")):
+        for name in files:
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(b"garbage")
+    with pytest.raises(ValueError, match=f"checkpoint {latest} in .*eb_seed0"):
+        experiment.run_experiment(tiny_config(), workdir, print_fn=lambda s: None)
