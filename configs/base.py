@@ -68,6 +68,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.experiment.sweep_ratios = ""  # e.g. "1,0.5,0.1": Table I (schedule always)
     c.experiment.num_seeds = 1  # seeds seed .. seed + num_seeds - 1
 
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # devices on the data-parallel axis; -1: all of every host
+    c.mesh.distributed = "auto"  # jax.distributed.initialize: auto (env) | on | off
+
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.max_to_keep = 2  # older good checkpoints kept beside the newest
     return c

@@ -18,9 +18,10 @@ from wormjax import report
 
 __all__ = ["RunCheckpointer", "check_workdir_config", "config_fingerprint"]
 
-# Fields that change nothing about the numbers a run produces.
+# Fields that change nothing about what a run computes (the device count
+# only changes float rounding), so a run may resume with other values.
 _HARMLESS_FIELDS = ("log_every_steps", "progress_bar", "checkpoint.max_to_keep",
-                    "experiment.print_tables")
+                    "data.prefetch", "mesh.data", "mesh.distributed")
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -22,6 +22,7 @@ from wormjax import checkpoint as ckpt_lib
 from wormjax import plots
 from wormjax import report
 from wormjax import search as search_lib
+from wormjax.training import distributed
 from wormjax.training import run as run_lib
 from wormjax.training import state as state_lib
 from wormjax.training import steps as steps_lib
@@ -92,8 +93,8 @@ def validate_config(config) -> list[run_lib.Variant]:
     return variants
 
 
-def _build_resources(config, task) -> run_lib.RunResources:
-    variables = task.init_variables(config.seed)
+def _build_resources(config, task, parallel) -> run_lib.RunResources:
+    variables = parallel.replicate(task.init_variables(config.seed))
     layout = task.selector(variables["params"])
     total_steps = (config.search.max_epochs + config.retrain.max_epochs) * \
         task.steps_per_epoch
@@ -109,7 +110,7 @@ def _build_resources(config, task) -> run_lib.RunResources:
                          jax.tree_util.tree_leaves(variables["params"])))
     res = run_lib.RunResources(task=task, config=config, counter=counter, txs=txs,
                                steps=steps, layout=layout, flops_per_example=flops,
-                               num_params=num_params)
+                               num_params=num_params, parallel=parallel)
     res.compile_seconds = _warm_up(res, variables)
     return res
 
@@ -122,24 +123,28 @@ def _warm_up(res: run_lib.RunResources, variables) -> float:
     """
     start = time.perf_counter()
     task, config = res.task, res.config
-    batch = jax.device_put(next(iter(task.train_batches(config.seed, 0))))
-    eval_batch = jax.device_put(next(iter(task.eval_batches())))
-    inactive = steps_lib.inactive_truncation(res.layout.num_entries)
+    batch = res.parallel.put_batch(next(iter(task.train_batches(config.seed, 0))))
+    eval_batch = res.parallel.put_batch(next(iter(task.eval_batches())))
+    place = res.parallel.replicate
+    inactive = place(steps_lib.inactive_truncation(res.layout.num_entries))
     for placement, fns in res.steps.items():
         # A copy: the steps donate their state, which would delete `variables`.
         copy = jax.tree_util.tree_map(jnp.copy, variables)
-        state = state_lib.create_train_state(copy, res.txs[placement], config.seed)
-        state, acc = fns.train(state, batch, inactive, steps_lib.zero_metrics())
+        state = res.parallel.replicate(
+            state_lib.create_train_state(copy, res.txs[placement], config.seed))
+        state, acc = fns.train(state, batch, inactive, place(steps_lib.zero_metrics()))
         if config.pruning.mode == "mask":
-            ones = jax.tree_util.tree_map(lambda p: jnp.ones(p.shape, jnp.float32),
-                                          state.params)
+            ones = place(jax.tree_util.tree_map(
+                lambda p: jnp.ones(p.shape, jnp.float32), state.params))
             state, acc = fns.train_masked(state, batch, inactive, acc, ones)
-        acc = fns.eval(state.params, state.batch_stats, eval_batch, acc)
+        acc = fns.eval(state.params, state.batch_stats, eval_batch,
+                       place(steps_lib.zero_metrics()))
         jax.block_until_ready(acc)
     for variant in variants_from_config(config):
         search_config = run_lib._search_config(config, variant)
         update = res.eb_update_fn(search_config)
-        eb = search_lib.init(res.layout.num_entries, search_config)
+        eb = res.parallel.replicate(search_lib.init(res.layout.num_entries,
+                                                    search_config))
         jax.block_until_ready(update(eb, variables["params"]))
     eb = update(eb, variables["params"])
     jax.block_until_ready(res.prune_fn(variables["params"], eb.newest_mask))
@@ -177,13 +182,19 @@ def run_experiment(config, workdir: str, *, print_fn=print) -> dict:
       The experiment summary, also written to ``<workdir>/summary.json``.
     """
     variants = validate_config(config)
+    distributed.maybe_initialize_distributed(config.mesh.distributed)
+    parallel = distributed.make_data_parallel(config.mesh.data)
+    distributed.check_divisible("optim.batch_size", config.optim.batch_size,
+                                parallel.num_devices)
+    distributed.check_divisible("optim.eval_batch_size", config.optim.eval_batch_size,
+                                parallel.num_devices)
     os.makedirs(workdir, exist_ok=True)
     config_dict = json.loads(config.to_json_best_effort())
     resumed = ckpt_lib.check_workdir_config(workdir, config_dict)
     logging.info("%s experiment in %s", "resuming" if resumed else "starting", workdir)
     started = time.perf_counter()
     task = _make_task(config)
-    res = _build_resources(config, task)
+    res = _build_resources(config, task, parallel)
     summaries = []
     for offset in range(config.experiment.num_seeds):
         seed = config.seed + offset
@@ -213,6 +224,8 @@ def run_experiment(config, workdir: str, *, print_fn=print) -> dict:
         "environment": report.environment_info(),
         "compile_counts": dict(res.counter.counts),
         "compile_seconds": res.compile_seconds,
+        "devices": {"data_parallel": parallel.num_devices,
+                    "processes": jax.process_count()},
         "steps_per_epoch": task.steps_per_epoch,
         "train_examples": task.num_train_examples,
         "eval_examples": task.num_eval_examples,

@@ -1,29 +1,29 @@
 """Structured channel pruning: a narrower CNN that holds only the ticket's channels.
 
 ALGORITHM.md section 4, ``pruning.mode = "structured"``. The ticket's flat keep mask
-over the BatchNorm scales (``batchnorm_selector`` layout) decides which channels of each
-BatchNorm layer survive; ``build_compact`` builds the same class with those counts (the
-models' ``channels`` override) and copies the kept conv filters, the input slices of the
-next conv or shortcut conv, the BatchNorm parameters and statistics and the classifier
-rows. A channel whose BatchNorm scale and bias are zero is zero after the ReLU (or adds
-zero to a residual sum), so the compact model computes exactly what the dense model
-computes with the pruned channels silenced.
+over the BatchNorm scales (``batchnorm_selector`` layout) picks each BatchNorm layer's
+channels; ``build_compact`` builds the same class with those counts (``channels``) and
+copies the kept conv filters, the input slices of the next conv or shortcut conv, the
+BatchNorm parameters and statistics and the classifier rows. A channel whose BN scale
+and bias are zero is zero after the ReLU (or adds zero to a residual sum), so the
+compact model computes exactly the dense model with the pruned channels silenced.
 
-- Floor: no layer keeps fewer than ``min_channels`` channels. Where the mask keeps
-  fewer, the layer also keeps its largest-|scale| pruned channels (lowest index first on
-  ties, or when no scales are given).
+- Floor: no layer keeps fewer than ``min_channels`` channels; where the mask keeps
+  fewer, it adds its largest-|scale| pruned channels (lowest index first on ties).
 - ResNet shortcuts: the tensors a residual addition sums must share one channel set, so
   every BatchNorm of a ``resnet.residual_groups()`` group keeps the *union* of the
-  group's masks: a residual-stream channel survives if any member keeps it, and the floor
-  ranks channels by their largest |scale| in the group. The union never removes a
-  channel the ticket kept, at the cost of keeping more than the ticket's share of the
+  group's masks: a residual-stream channel survives if any member keeps it, and the
+  floor ranks channels by their largest |scale| in the group. The union never removes
+  a channel the ticket kept, at the cost of keeping more than the ticket's share of the
   residual stream. A block's inner ``bn1`` is free and follows its own mask.
+- ``channel_multiple`` (off by default) rounds every count up to a multiple, adding the
+  largest-|scale| pruned channels: XLA's convolutions run much slower on odd counts.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -43,16 +43,14 @@ from wormjax.models import resnet
 from wormjax.models import vgg
 
 __all__ = ["compact_channels", "build_compact", "count_params", "forward_flops",
-           "conv_dense_macs", "save_compact", "load_compact",
-           "read_compact_meta"]
+           "conv_dense_macs", "save_compact", "load_compact", "read_compact_meta"]
 
 _FORMAT = "wormjax.compact_cnn/1"
-# module path -> (kept input indices, kept output indices); None keeps the whole axis.
-Slices = dict[str, tuple[np.ndarray | None, np.ndarray | None]]
 
 
-def _vgg_slices(model, kept: dict[str, np.ndarray], dense: dict[str, int]) -> Slices:
-    """conv{i} reads bn{i-1}'s channels and writes bn{i}'s; the head reads the last."""
+def _vgg_slices(model, kept: dict[str, np.ndarray], dense: dict[str, int]) -> dict:
+    """{module: (kept input, kept output channels)}; None keeps the whole axis."""
+    # conv{i} reads bn{i-1}'s channels and writes bn{i}'s; the head reads the last.
     slices, prev, last = {}, None, len(vgg.conv_widths(model.cfg)) - 1
     for i in range(last + 1):
         slices[f"conv{i}"] = (prev, kept[f"bn{i}"])
@@ -69,7 +67,7 @@ def _vgg_slices(model, kept: dict[str, np.ndarray], dense: dict[str, int]) -> Sl
     return slices
 
 
-def _resnet_slices(model, kept: dict[str, np.ndarray], dense: dict[str, int]) -> Slices:
+def _resnet_slices(model, kept: dict[str, np.ndarray], dense: dict[str, int]) -> dict:
     """A block's conv1 and shortcut conv read the residual stream entering the block."""
     del model, dense
     slices, stream = {"conv1": (None, kept["bn1"])}, kept["bn1"]
@@ -85,15 +83,12 @@ def _resnet_slices(model, kept: dict[str, np.ndarray], dense: dict[str, int]) ->
     return slices
 
 
-def _resnet_groups() -> list[list[str]]:
-    return [[common.path_str(p) for p in group] for group in resnet.residual_groups()]
-
-
 # Exact classes, (slices, residual groups): a subclass may wire its layers differently.
+_RESNET = (_resnet_slices, lambda: [[common.path_str(p) for p in group]
+                                     for group in resnet.residual_groups()])
 _FAMILIES = {vgg.CifarVGG11: (_vgg_slices, list),
              vgg.TorchvisionVGG11BN: (_vgg_slices, list),
-             resnet.CifarResNet18: (_resnet_slices, _resnet_groups),
-             resnet.TorchvisionResNet18: (_resnet_slices, _resnet_groups)}
+             resnet.CifarResNet18: _RESNET, resnet.TorchvisionResNet18: _RESNET}
 _CLASSES = {cls.__name__: cls for cls in _FAMILIES}
 
 
@@ -106,92 +101,93 @@ def _family(model):
 
 def _bn_name(layout_path: str) -> str:
     """'params/layer1_0/bn2/scale' or 'layer1_0/bn2/scale' -> 'layer1_0/bn2'."""
-    path = layout_path.removeprefix("params/")
-    return path.removesuffix("/scale")
+    return layout_path.removeprefix("params/").removesuffix("/scale")
 
 
 def _check_layout(model, layout: selectors_lib.TicketLayout) -> list[tuple[str, int]]:
-    """The model's (BN path, channels) in definition order, checked against ``layout``."""
+    """The model's (BN path, channels) in definition order, checked with ``layout``."""
     expected = [(common.path_str(p), n) for p, n in common.bn_layout(model)]
     got = [(_bn_name(e.path), e.size) for e in layout.entries]
     if sorted(got) != sorted(expected):
         raise ValueError(
-            f"the ticket layout does not match {type(model).__name__}'s BatchNorm layers "
-            f"(a mask built for another architecture or width?): layout entries not in "
-            f"the model {sorted(set(got) - set(expected))[:4]}, model layers not in "
-            f"the layout {sorted(set(expected) - set(got))[:4]}")
+            f"the ticket layout does not match {type(model).__name__}'s BatchNorm "
+            f"layers (a mask for another architecture or width?): layout-only entries "
+            f"{sorted(set(got) - set(expected))[:4]}, model-only layers "
+            f"{sorted(set(expected) - set(got))[:4]}")
     return expected
 
 
-def _with_floor(keep: np.ndarray, score: np.ndarray, min_channels: int):
-    """(kept indices, floored?) after topping ``keep`` up to ``min_channels``."""
-    missing = min(min_channels, keep.size) - int(keep.sum())
+def _with_floor(keep: np.ndarray, score: np.ndarray, floor: tuple[int, int]):
+    """(kept indices, floored?) after topping ``keep`` up to the floor and multiple."""
+    count, (least, multiple) = int(keep.sum()), floor
+    missing = min(-(-max(least, count) // multiple) * multiple, keep.size) - count
     if missing <= 0:
         return np.flatnonzero(keep), False
     # Stable sort on -score: ties go to the lowest index.
-    candidates = [i for i in np.argsort(-score, kind="stable") if not keep[i]]
-    keep = keep.copy()
-    keep[candidates[:missing]] = True
-    return np.flatnonzero(keep), True
+    added = [i for i in np.argsort(-score, kind="stable") if not keep[i]][:missing]
+    return np.union1d(np.flatnonzero(keep), added), count < least
 
 
-def _decide(model, layout, keep_flat, params, min_channels):
+def _decide(model, layout, keep_flat, params, floor):
     """(BN layout, kept indices per BN path, floored BN paths, shortcut rule)."""
     _, groups_fn = _family(model)
-    _validate.at_least("min_channels", min_channels, 1)
+    _validate.at_least("min_channels", floor[0], 1)
+    _validate.at_least("channel_multiple", floor[1], 1)
     bn = _check_layout(model, layout)
     keep = np.asarray(keep_flat)
     if keep.shape != (layout.num_entries,):
-        raise ValueError(
-            f"keep mask has shape {keep.shape}; the ticket layout needs a flat mask of "
-            f"N = {layout.num_entries} entries (one per BatchNorm channel)")
+        raise ValueError(f"keep mask has shape {keep.shape}; the ticket layout needs "
+                         f"N = {layout.num_entries} entries (one per BN channel)")
     masks = {_bn_name(e.path): keep[e.offset:e.offset + e.size] != 0
              for e in layout.entries}
     scales = {path: np.zeros(n, np.float32) for path, n in bn}
     if params is not None:
         tree = params["params"] if "params" in params else params
         for path, n in bn:
-            leaf = tree
-            for key in path.split("/"):
-                leaf = leaf[key]
-            scales[path] = np.abs(np.asarray(leaf["scale"], np.float32)).reshape(n)
+            leaf = functools.reduce(lambda t, key: t[key], path.split("/"), tree)
+            scales[path] = np.abs(np.asarray(leaf["scale"], np.float32))
+            if scales[path].shape != (n,):
+                raise ValueError(f"params do not match the model: {path}/scale has "
+                                 f"shape {scales[path].shape}, the model {(n,)}")
     kept, floored, groups = {}, [], groups_fn()
     for group in groups:
         union = np.logical_or.reduce([masks[p] for p in group])
         score = np.max([scales[p] for p in group], axis=0)
-        indices, was_floored = _with_floor(union, score, min_channels)
+        indices, was_floored = _with_floor(union, score, floor)
         kept.update({p: indices for p in group})
         floored += group if was_floored else []
     for path, _ in bn:
         if path not in kept:
-            kept[path], was_floored = _with_floor(masks[path], scales[path], min_channels)
+            kept[path], was_floored = _with_floor(masks[path], scales[path], floor)
             floored += [path] if was_floored else []
     return bn, kept, floored, ("union" if groups else None)
 
 
 def compact_channels(model: nn.Module, layout: selectors_lib.TicketLayout, keep_flat,
-                     *, params=None, min_channels: int = 1):
+                     *, params=None, min_channels: int = 1, channel_multiple: int = 1):
     """Per-BatchNorm channels kept by the ticket, after the floor and shortcut rules.
 
     Args:
-      model: the dense ``CifarVGG11``, ``CifarResNet18``, ``TorchvisionVGG11BN`` or
-        ``TorchvisionResNet18``.
+      model: the dense model (CIFAR or torchvision VGG-11 / ResNet-18).
       layout: ``batchnorm_selector()`` layout of the dense model's params.
       keep_flat: the ticket's flat keep mask (bool or 0/1), length ``num_entries``.
-      params: the dense params (or variables); their BN |scale| picks the channels a
-        layer keeps when the mask leaves fewer than ``min_channels``. Without them the
-        floor keeps the lowest-index channels.
+      params: the dense params (or variables): their BN |scale| picks the channels the
+        floor adds to a layer; without them it adds the lowest-index ones.
       min_channels: the fewest channels any layer keeps.
+      channel_multiple: round each layer's count up to a multiple of this (at most the
+        dense count), adding its largest-|scale| pruned channels; 1 = off.
 
     Returns:
       ``(channels, kept)``: the compact model's ``channels`` override and, in the same
       (definition) order, a sorted int index array of the kept channels of each BN.
     """
-    bn, kept, _, _ = _decide(model, layout, keep_flat, params, min_channels)
+    bn, kept, _, _ = _decide(model, layout, keep_flat, params,
+                             (min_channels, channel_multiple))
     return tuple(int(kept[p].size) for p, _ in bn), tuple(kept[p] for p, _ in bn)
 
 
 def _check_variables(model, variables) -> None:
+    _family(model)
     want = jax.tree_util.tree_map(lambda s: s.shape, common.abstract_variables(model))
     if want != jax.tree_util.tree_map(np.shape, variables):
         raise ValueError(
@@ -208,7 +204,7 @@ def _slice_leaf(leaf, in_idx, out_idx):
 
 
 def build_compact(model: nn.Module, variables, layout: selectors_lib.TicketLayout,
-                  keep_flat, *, min_channels: int = 1):
+                  keep_flat, *, min_channels: int = 1, channel_multiple: int = 1):
     """Builds the narrower model holding only the ticket's channels, and its weights.
 
     Args:
@@ -216,17 +212,18 @@ def build_compact(model: nn.Module, variables, layout: selectors_lib.TicketLayou
       variables: its ``{'params', 'batch_stats'}``; left unchanged.
       layout: ``batchnorm_selector()`` layout of ``variables['params']``.
       keep_flat: the ticket's flat keep mask.
-      min_channels: the fewest channels any layer keeps (see the module docstring).
+      min_channels, channel_multiple: as in ``compact_channels``.
 
     Returns:
       ``(compact_model, compact_variables, info)``: the same class with the kept
-      ``channels`` (every other field unchanged), the copied variables, and a dict with
+      ``channels`` (other fields unchanged), the copied variables, and ``info`` with
       ``channels``, ``channels_dense``, ``kept`` (index arrays), ``bn_paths``,
-      ``floored`` (layers topped up to the floor), ``shortcut_rule``,
-      ``kept_bn_channels``/``total_bn_channels``, ``params_dense``/``params_compact``.
+      ``floored`` (layers topped up to the floor), ``shortcut_rule``, ``bn_channels``
+      (kept, total) and ``params_dense``/``params_compact``.
     """
-    bn, kept, floored, rule = _decide(model, layout, keep_flat, variables, min_channels)
     _check_variables(model, variables)
+    bn, kept, floored, rule = _decide(model, layout, keep_flat, variables,
+                                      (min_channels, channel_multiple))
     channels = tuple(int(kept[p].size) for p, _ in bn)
     compact_model = model.clone(channels=channels)
     slices = _family(model)[0](model, kept, dict(bn))
@@ -243,14 +240,14 @@ def build_compact(model: nn.Module, variables, layout: selectors_lib.TicketLayou
     info = {"channels": channels, "channels_dense": tuple(n for _, n in bn),
             "kept": tuple(kept[p] for p, _ in bn), "bn_paths": tuple(p for p, _ in bn),
             "floored": tuple(floored), "shortcut_rule": rule,
-            "kept_bn_channels": sum(channels), "total_bn_channels": sum(n for _, n in bn),
+            "bn_channels": (sum(channels), sum(n for _, n in bn)),
             "params_dense": count_params(variables),
             "params_compact": count_params(compact)}
     return compact_model, compact, info
 
 
 def count_params(variables) -> int:
-    """Number of trainable parameters (the 'params' collection; BN statistics excluded).
+    """Number of trainable parameters (the 'params' collection; no BN statistics).
 
     Args:
       variables: ``{'params': ..., ...}`` or a bare params tree.
@@ -263,9 +260,7 @@ def count_params(variables) -> int:
 
 
 def forward_flops(model: nn.Module, variables, input_shape: Sequence[int]) -> float:
-    """Eval-forward FLOPs per example from XLA's cost analysis.
-
-    Training costs about 3x this (forward, input gradients, weight gradients).
+    """Eval-forward FLOPs per example from XLA's cost analysis; training costs ~3x.
 
     Args:
       model: the model.
@@ -275,26 +270,24 @@ def forward_flops(model: nn.Module, variables, input_shape: Sequence[int]) -> fl
     Returns:
       FLOPs per example, or nan where the backend reports none.
     """
-    x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
     compiled = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(
-        variables, x).compile()
+        variables, jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)).compile()
     cost = compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):  # older jax returns one dict per device
-        cost = cost[0] if cost else {}
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # older jax: a list
     return float((cost or {}).get("flops", float("nan"))) / input_shape[0]
 
 
 def _taps(size: int, kernel: int, stride: int, pad: int, out: int) -> int:
     """(output position, kernel tap) pairs that read the input, not the zero padding."""
-    return sum(0 <= o * stride - pad + t < size for o in range(out) for t in range(kernel))
+    return sum(0 <= o * stride - pad + t < size
+               for o in range(out) for t in range(kernel))
 
 
 def conv_dense_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
     """Analytic multiply-accumulates per example of the Conv and Dense layers.
 
-    Taps that fall on zero padding are not counted (XLA does not count them either,
-    and on the 2x2 maps of a CIFAR VGG most taps do); BN, pooling and biases are left
-    out, so ``2 * macs`` is a little below ``forward_flops``.
+    Taps on zero padding are not counted (nor does XLA; on a CIFAR VGG's 2x2 maps most
+    taps are), nor are BN, pooling and biases: ``2 * macs`` is a bit below XLA's FLOPs.
 
     Args:
       model: the model.
@@ -311,9 +304,7 @@ def conv_dense_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
             return out
         fan = args[0].shape[-1] * out.shape[-1]
         if isinstance(module, nn.Conv):  # the four CNNs pad explicitly
-            strides = module.strides
-            if isinstance(strides, int):
-                strides = (strides,) * len(module.kernel_size)
+            strides = np.broadcast_to(module.strides or 1, len(module.kernel_size))
             macs.append(fan * math.prod(
                 _taps(n, k, s, p[0], o) for n, k, s, p, o in zip(
                     args[0].shape[1:-1], module.kernel_size, strides, module.padding,
@@ -333,31 +324,20 @@ def conv_dense_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
 
 def _architecture(model) -> dict:
     """The constructor arguments that rebuild ``model``, as JSON values."""
-    config = {}
-    for field in dataclasses.fields(model):
-        if field.name not in ("parent", "name"):
-            config[field.name] = getattr(model, field.name)
+    config = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
+              if f.name not in ("parent", "name")}
     config["dtype"] = jnp.dtype(model.dtype).name
     # Explicit counts, so reloading never depends on the width rounding.
     config["channels"] = [n for _, n in common.bn_layout(model)]
     return config
 
 
-@contextlib.contextmanager
-def _checkpointer():
-    checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
-    try:
-        yield checkpointer
-    finally:
-        checkpointer.close()
-
-
 def save_compact(path: str | os.PathLike, model: nn.Module, variables,
                  extra_meta: dict | None = None, *, overwrite: bool = False) -> str:
-    """Saves a compact model so that ``load_compact`` rebuilds it alone (orbax, atomic).
+    """Saves a compact model so that ``load_compact`` rebuilds it alone.
 
-    Orbax writes into a temporary folder and renames it once the write has committed,
-    so a reader never sees a half-written checkpoint.
+    Orbax writes to a temporary folder renamed once committed: a reader never sees a
+    half-written checkpoint.
 
     Args:
       path: the checkpoint folder to create.
@@ -369,13 +349,12 @@ def save_compact(path: str | os.PathLike, model: nn.Module, variables,
     Returns:
       The absolute checkpoint path.
     """
-    _family(model)
     _check_variables(model, variables)
     meta = {"format": _FORMAT, "architecture": type(model).__name__,
             "config": _architecture(model), "num_params": count_params(variables),
             "extra": json.loads(report.to_json(extra_meta or {}))}
     path = os.path.abspath(os.fspath(path))
-    with _checkpointer() as checkpointer:
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
         checkpointer.save(path, args=ocp.args.Composite(
             state=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(meta)),
             force=overwrite)
@@ -387,11 +366,14 @@ def read_compact_meta(path: str | os.PathLike) -> dict:
     path = os.path.abspath(os.fspath(path))
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no compact checkpoint at {path}")
-    with _checkpointer() as checkpointer:
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
         meta = checkpointer.restore(path, args=ocp.args.Composite(
             meta=ocp.args.JsonRestore())).meta
     if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
         raise ValueError(f"{path} is not a wormjax compact checkpoint ({_FORMAT})")
+    if meta["architecture"] not in _CLASSES:
+        raise ValueError(f"unknown architecture {meta['architecture']!r} in {path}; "
+                         f"known: {', '.join(_CLASSES)}")
     return meta
 
 
@@ -405,16 +387,13 @@ def load_compact(path: str | os.PathLike):
       ``(model, variables)``.
     """
     meta = read_compact_meta(path)
-    cls = _CLASSES.get(meta["architecture"])
-    if cls is None:
-        raise ValueError(f"unknown architecture {meta['architecture']!r} in {path}; "
-                         f"known: {', '.join(_CLASSES)}")
-    model = cls(**dict(meta["config"], dtype=getattr(jnp, meta["config"]["dtype"])))
+    config = dict(meta["config"], dtype=getattr(jnp, meta["config"]["dtype"]))
+    model = _CLASSES[meta["architecture"]](**config)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree_util.tree_map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
         common.abstract_variables(model))
-    with _checkpointer() as checkpointer:
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
         variables = checkpointer.restore(
             os.path.abspath(os.fspath(path)),
             args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 import time
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -205,12 +206,12 @@ def _put(q: queue.Queue, item: Any, stop: threading.Event) -> bool:
     return False
 
 
-def _produce(source: Iterator, q: queue.Queue, stop: threading.Event, sharding) -> None:
+def _produce(source: Iterator, q: queue.Queue, stop: threading.Event, put) -> None:
     # A free function, not a method: the thread must not keep the prefetcher alive, so
     # dropping the prefetcher triggers its close().
     try:
         for batch in source:
-            if stop.is_set() or not _put(q, jax.device_put(batch, sharding), stop):
+            if stop.is_set() or not _put(q, put(batch), stop):
                 return
         _put(q, _End(), stop)
     except BaseException as err:  # Re-raised in the consumer thread.
@@ -231,14 +232,17 @@ class DevicePrefetcher:
     reference also stops it.
     """
 
-    def __init__(self, iterator: Iterable[Any], size: int = 2, sharding=None):
+    def __init__(self, iterator: Iterable[Any], size: int = 2, sharding=None,
+                 put_fn: Callable[[Any], Any] | None = None):
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"prefetch size must be a positive int, got {size!r}")
         self._queue: queue.Queue = queue.Queue(maxsize=size)
         self._stop = threading.Event()
         self._finished = False
         self._thread = threading.Thread(
-            target=_produce, args=(iter(iterator), self._queue, self._stop, sharding),
+            target=_produce,
+            args=(iter(iterator), self._queue, self._stop,
+                  put_fn or functools.partial(jax.device_put, device=sharding)),
             name="wormjax-prefetch", daemon=True)
         self._thread.start()
 
@@ -290,19 +294,21 @@ class DevicePrefetcher:
 
 
 def prefetch_to_device(iterator: Iterable[Any], size: int = 2,
-                       sharding: jax.sharding.Sharding | None = None) -> DevicePrefetcher:
+                       sharding: jax.sharding.Sharding | None = None,
+                       put_fn: Callable[[Any], Any] | None = None) -> DevicePrefetcher:
     """Overlaps the host pipeline with the device step by transferring batches ahead.
 
     Args:
         iterator: pytrees of host arrays, e.g. from `train_batches`.
         size: batches held on device ahead of the consumer.
         sharding: where `jax.device_put` places each batch; `None` is the default device.
+        put_fn: replaces `jax.device_put` altogether (e.g. a multi-host batch builder).
 
     Returns:
         A `DevicePrefetcher` yielding the batches in order as device arrays; an error
         raised by `iterator` is re-raised by `next()`.
     """
-    return DevicePrefetcher(iterator, size, sharding)
+    return DevicePrefetcher(iterator, size, sharding, put_fn)
 
 
 def measure_pipeline_rate(ds: ImageDataset, batch_size: int, num_batches: int, *,

@@ -27,7 +27,7 @@ class NonFiniteLossError(RuntimeError):
 def train_epoch(step_fn: Callable, state, batches: Iterable, *, num_steps: int,
                 log_every: int, on_log: Callable[[int, dict], None] | None = None,
                 description: str = "", progress: bool = True, prefetch: int = 2,
-                sharding=None):
+                put_fn: Callable | None = None, replicate: Callable = lambda x: x):
     """Runs ``step_fn(state, batch, acc) -> (state, acc)`` over one epoch.
 
     Args:
@@ -41,7 +41,9 @@ def train_epoch(step_fn: Callable, state, batches: Iterable, *, num_steps: int,
       description: progress bar label.
       progress: show a progress bar.
       prefetch: batches transferred to the device ahead of the step.
-      sharding: placement of each batch (None = default device).
+      put_fn: moves a host batch to the devices (None: the default device).
+      replicate: places the metric accumulator like the state (a sharding
+        that differs from one call to the next would recompile the step).
 
     Returns:
       (state, metrics of the epoch, seconds).
@@ -50,11 +52,11 @@ def train_epoch(step_fn: Callable, state, batches: Iterable, *, num_steps: int,
       NonFiniteLossError: the loss is NaN or infinite at a read.
     """
     start = time.perf_counter()
-    acc = steps_lib.zero_metrics()
+    acc = replicate(steps_lib.zero_metrics())
     bar = tqdm(total=num_steps, desc=description, leave=False, file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
     done = 0
-    with pipeline.prefetch_to_device(batches, size=prefetch, sharding=sharding) as it:
+    with pipeline.prefetch_to_device(batches, size=prefetch, put_fn=put_fn) as it:
         for batch in it:
             state, acc = step_fn(state, batch, acc)
             done += 1
@@ -81,10 +83,11 @@ def _checked(acc, description: str) -> dict:
 
 
 def evaluate(eval_fn: Callable, params, batch_stats, batches: Iterator, *,
-             prefetch: int = 2, sharding=None) -> dict:
+             prefetch: int = 2, put_fn: Callable | None = None,
+             replicate: Callable = lambda x: x) -> dict:
     """Accuracy and loss over every example of ``batches`` exactly once."""
-    acc = steps_lib.zero_metrics()
-    with pipeline.prefetch_to_device(batches, size=prefetch, sharding=sharding) as it:
+    acc = replicate(steps_lib.zero_metrics())
+    with pipeline.prefetch_to_device(batches, size=prefetch, put_fn=put_fn) as it:
         for batch in it:
             acc = eval_fn(params, batch_stats, batch, acc)
     return steps_lib.read_metrics(acc)

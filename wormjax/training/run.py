@@ -58,6 +58,7 @@ class RunResources:
     layout: Any
     flops_per_example: float
     num_params: int
+    parallel: Any = None  # distributed.DataParallel: mesh and shardings
     log: Callable[[dict], None] = lambda record: None
     compile_seconds: float = 0.0
     _prune: Callable | None = None
@@ -194,7 +195,8 @@ class _Run:
             step_fn, state, batches, num_steps=self.res.task.steps_per_epoch,
             log_every=self.config.log_every_steps, on_log=on_log,
             description=_bar_label(self.variant, self.seed, phase, epoch, eb),
-            progress=self.config.progress_bar, prefetch=self.config.data.prefetch)
+            progress=self.config.progress_bar, prefetch=self.config.data.prefetch,
+            put_fn=self.res.parallel.put_batch, replicate=self.res.parallel.replicate)
         self.meta["data_epoch"] += 1
         self.meta["examples_trained"] += (self.res.task.steps_per_epoch
                                           * self.res.task.batch_size)
@@ -203,7 +205,8 @@ class _Run:
     def evaluate(self, state):
         return loop.evaluate(self.steps.eval, state.params, state.batch_stats,
                              self.res.task.eval_batches(),
-                             prefetch=self.config.data.prefetch)
+                             prefetch=self.config.data.prefetch,
+                             put_fn=self.res.parallel.put_batch, replicate=self.res.parallel.replicate)
 
     def run_search(self, state, eb):
         max_epochs = self.config.search.max_epochs
@@ -217,7 +220,8 @@ class _Run:
                                           eb=eb))
                 self.meta["ticket"] = {"epoch": epoch, "converged": True}
                 return state, eb
-            truncation = truncation_lib.truncation_from_eb_state(eb)
+            truncation = self.res.parallel.replicate(
+                truncation_lib.truncation_from_eb_state(eb))
             step_fn = functools.partial(self._train_step, truncation=truncation)
             state, train_metrics, _ = self.train_one_epoch(state, step_fn, "search",
                                                            epoch, eb)
@@ -245,7 +249,8 @@ class _Run:
         pre = search_evals[-1] if search_evals else self.evaluate(state)["accuracy"]
         pruned = self.res.prune_fn(state.params, eb.newest_mask)
         variables = {"params": pruned.params, "batch_stats": state.batch_stats}
-        new_state = state_lib.create_train_state(variables, self.tx, self.seed)
+        new_state = self.res.parallel.replicate(
+            state_lib.create_train_state(variables, self.tx, self.seed))
         post = self.evaluate(new_state)["accuracy"]
         self.meta.update(pre_prune_accuracy=pre, post_prune_accuracy=post,
                          phase="retrain", epoch=0,
@@ -260,7 +265,8 @@ class _Run:
         return new_state, pruned.param_mask
 
     def run_retrain(self, state, eb, param_mask):
-        inactive = steps_lib.inactive_truncation(self.res.layout.num_entries)
+        inactive = self.res.parallel.replicate(
+            steps_lib.inactive_truncation(self.res.layout.num_entries))
         step_fn = functools.partial(self._train_step, truncation=inactive,
                                     param_mask=param_mask)
         target = self.meta["target_accuracy"]
@@ -332,8 +338,11 @@ def run_variant(res: RunResources, variant: Variant, seed: int, workdir: str) ->
     run = _Run(res, variant, seed, workdir)
     try:
         variables = res.task.init_variables(seed)
-        fresh_state = state_lib.create_train_state(variables, run.tx, seed)
-        fresh_eb = run.search.init(res.layout.num_entries)
+        # Replicated on every device; restored checkpoints land the same way,
+        # whatever device count wrote them.
+        fresh_state = res.parallel.replicate(
+            state_lib.create_train_state(variables, run.tx, seed))
+        fresh_eb = res.parallel.replicate(run.search.init(res.layout.num_entries))
         state, eb, param_mask = run.restore_or_init(fresh_state, fresh_eb)
         if run.meta["phase"] == "search":
             state, eb = run.run_search(state, eb)

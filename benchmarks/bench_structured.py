@@ -1,0 +1,227 @@
+"""Measured speedup of structured pruning at p = 0.5 next to its FLOP reduction.
+
+For CIFAR VGG-11 and CIFAR ResNet-18 this builds the compact model of a global p = 0.5
+BatchNorm ticket (``wormjax.structured.build_compact``) and times, against the dense
+model, a jitted SGD train step (momentum 0.9, lr 0.01, BN statistics updated) and a
+jitted eval forward. The models are randomly initialised and their BN scales set to
+random |N(0, 1)| values: at initialisation every scale is equal and the mask would be
+arbitrary, and trained scales are not available here. The ResNet keeps the union of
+each residual group's masks (see ``wormjax/structured.py``), so it keeps more than half.
+``--channel-multiple 1 8`` also times a compact model whose counts are rounded up to
+multiples of 8 (XLA's convolutions are much slower on odd channel counts).
+
+Timings are paired: in one process, after warm-up, dense and compact runs alternate
+(order swapped every repetition) and each model's median over repetitions is reported,
+a repetition being the mean of ``--steps`` back-to-back calls.
+
+  python benchmarks/bench_structured.py --size small --out /tmp/structured.json
+  python benchmarks/bench_structured.py --size large --batch 32 128 --channel-multiple 1 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from wormjax import masks
+from wormjax import selectors
+from wormjax import structured
+from wormjax.models import common
+from wormjax.models import resnet
+from wormjax.models import vgg
+
+MODELS = {"cifar_vgg11": vgg.CifarVGG11, "cifar_resnet18": resnet.CifarResNet18}
+SIZES = {  # widths, repetitions, steps per repetition
+    "small": ((0.25,), 5, 3),
+    "large": ((1.0, 0.25), 10, 5),
+}
+PRUNE_RATIO = 0.5
+
+
+def random_variables(model, seed: int = 0):
+    """He-normal kernels, BN scales |N(0, 1)|, zero biases, unit BN statistics."""
+    rs = np.random.RandomState(seed)
+
+    def param(path, s):
+        name = path[-1].key
+        if name == "kernel":
+            fan_in = int(np.prod(s.shape[:-1]))
+            return (rs.standard_normal(s.shape) * np.sqrt(2 / fan_in)).astype(np.float32)
+        if name == "scale":
+            return np.abs(rs.standard_normal(s.shape)).astype(np.float32)
+        return np.zeros(s.shape, np.float32)
+
+    abstract = common.abstract_variables(model)
+    stats = jax.tree_util.tree_map_with_path(
+        lambda p, s: np.full(s.shape, 1.0 if p[-1].key == "var" else 0.0, np.float32),
+        abstract["batch_stats"])
+    return {"params": jax.tree_util.tree_map_with_path(param, abstract["params"]),
+            "batch_stats": stats}
+
+
+def make_steps(model, tx):
+    """Jitted (train step, eval forward) for ``model``."""
+
+    def train(params, stats, opt_state, x, y):
+        def loss_fn(p):
+            logits, updates = model.apply({"params": p, "batch_stats": stats}, x,
+                                          train=True, mutable=["batch_stats"])
+            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+            return loss, updates["batch_stats"]
+
+        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), stats, opt_state, loss
+
+    def evaluate(variables, x):
+        return model.apply(variables, x, train=False)
+
+    return jax.jit(train, donate_argnums=(0, 1, 2)), jax.jit(evaluate)
+
+
+class _Timed:
+    """One model's state and step functions, timed call by call."""
+
+    def __init__(self, model, variables, tx, batch):
+        self.train, self.eval = make_steps(model, tx)
+        self.variables = variables
+        self.state = [jax.tree_util.tree_map(jnp.array, variables["params"]),
+                      jax.tree_util.tree_map(jnp.array, variables["batch_stats"]),
+                      tx.init(variables["params"])]
+        self.batch = batch
+        self.times = {"train": [], "eval": []}
+
+    def run(self, kind: str, steps: int, record: bool = True) -> None:
+        x, y = self.batch
+        start = time.perf_counter()
+        for _ in range(steps):
+            if kind == "train":
+                *self.state, loss = self.train(*self.state, x, y)
+                out = loss
+            else:
+                out = self.eval(self.variables, x)
+        jax.block_until_ready(out)
+        if record:
+            self.times[kind].append((time.perf_counter() - start) / steps)
+
+
+def bench_one(name: str, width: float, batch_size: int, reps: int, steps: int,
+              multiples: tuple[int, ...] = (1,)) -> list[dict]:
+    """Times dense and compact (one per channel multiple) for one model and batch."""
+    model = MODELS[name](num_classes=10, width=width)
+    variables = random_variables(model)
+    layout = selectors.batchnorm_selector()(variables["params"])
+    keep = masks.flat_magnitude_mask(
+        masks.flat_magnitudes(layout.representative(variables["params"])), PRUNE_RATIO)
+    shape = (batch_size, 32, 32, 3)
+    rs = np.random.RandomState(1)
+    batch = (jnp.asarray(rs.standard_normal(shape), jnp.float32),
+             jnp.asarray(rs.randint(0, 10, batch_size), jnp.int32))
+    tx = optax.sgd(0.01, momentum=0.9)
+    runs = {"dense": _Timed(model, variables, tx, batch)}
+    flops = {"dense": structured.forward_flops(model, variables, shape)}
+    infos = {}
+    for multiple in multiples:
+        compact_model, compact_vars, infos[multiple] = structured.build_compact(
+            model, variables, layout, keep, channel_multiple=multiple)
+        runs[multiple] = _Timed(compact_model, compact_vars, tx, batch)
+        flops[multiple] = structured.forward_flops(compact_model, compact_vars, shape)
+    for timed in runs.values():  # compile and warm up
+        for kind in ("train", "eval"):
+            timed.run(kind, 2, record=False)
+    for rep in range(reps):
+        order = list(runs) if rep % 2 == 0 else list(runs)[::-1]
+        for kind in ("train", "eval"):
+            for key in order:
+                runs[key].run(kind, steps)
+    ms = {(key, kind): 1e3 * statistics.median(runs[key].times[kind])
+          for key in runs for kind in ("train", "eval")}
+    rows = []
+    for multiple, info in infos.items():
+        rows.append({
+            "model": name, "width": width, "batch": batch_size,
+            "channel_multiple": multiple,
+            "bn_channels_kept": info["bn_channels"][0],
+            "bn_channels_total": info["bn_channels"][1],
+            "params_dense": info["params_dense"],
+            "params_compact": info["params_compact"],
+            "forward_flops_dense": flops["dense"],
+            "forward_flops_compact": flops[multiple],
+            "train_flops_dense": 3 * flops["dense"],
+            "train_flops_compact": 3 * flops[multiple],
+            "flop_reduction": flops["dense"] / flops[multiple],
+            "train_ms_dense": ms["dense", "train"],
+            "train_ms_compact": ms[multiple, "train"],
+            "eval_ms_dense": ms["dense", "eval"], "eval_ms_compact": ms[multiple, "eval"],
+            "train_speedup": ms["dense", "train"] / ms[multiple, "train"],
+            "eval_speedup": ms["dense", "eval"] / ms[multiple, "eval"],
+            "reps": reps, "steps_per_rep": steps})
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    """The results as a markdown table."""
+    lines = ["| model | width | batch | multiple | BN ch. kept | params dense -> compact "
+             "| FLOP reduction | train ms dense / compact | train speedup "
+             "| eval ms dense / compact | eval speedup |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['width']} | {r['batch']} | {r['channel_multiple']} "
+            f"| {r['bn_channels_kept']}/{r['bn_channels_total']} "
+            f"| {r['params_dense']:,} -> {r['params_compact']:,} "
+            f"| {r['flop_reduction']:.2f}x "
+            f"| {r['train_ms_dense']:.1f} / {r['train_ms_compact']:.1f} "
+            f"| {r['train_speedup']:.2f}x "
+            f"| {r['eval_ms_dense']:.1f} / {r['eval_ms_compact']:.1f} "
+            f"| {r['eval_speedup']:.2f}x |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="small",
+                        help="small: width 0.25 only, few repetitions (a quick check)")
+    parser.add_argument("--batch", type=int, nargs="+", default=[32])
+    parser.add_argument("--models", nargs="+", choices=sorted(MODELS),
+                        default=list(MODELS))
+    parser.add_argument("--reps", type=int, help="override the size's repetitions")
+    parser.add_argument("--steps", type=int, help="override the steps per repetition")
+    parser.add_argument("--channel-multiple", type=int, nargs="+", default=[1],
+                        help="compact variants: kept counts rounded up to a multiple")
+    parser.add_argument("--out", help="write the results as JSON here")
+    args = parser.parse_args()
+    widths, reps, steps = SIZES[args.size]
+    reps, steps = args.reps or reps, args.steps or steps
+    rows = []
+    for name in args.models:
+        for width in widths:
+            for batch_size in args.batch:
+                rows += bench_one(name, width, batch_size, reps, steps,
+                                  tuple(args.channel_multiple))
+                print(f"done {name} width {width} batch {batch_size}", flush=True)
+    device = jax.devices()[0]
+    env = {"jax": jax.__version__, "backend": jax.default_backend(),
+           "device": getattr(device, "device_kind", str(device)),
+           "cpu_count": os.cpu_count(), "platform": platform.platform(),
+           "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None}
+    print(markdown(rows))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"size": args.size, "prune_ratio": PRUNE_RATIO,
+                       "init": "random; BN scales |N(0, 1)|", "environment": env,
+                       "rows": rows}, f, indent=2)
+        print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
