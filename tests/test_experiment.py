@@ -210,3 +210,23 @@ def test_corrupt_checkpoint_is_a_clear_error(reference_run, tmp_path):
                 f.write(b"garbage")
     with pytest.raises(ValueError, match=f"checkpoint {latest} in .*eb_seed0"):
         experiment.run_experiment(tiny_config(), workdir, print_fn=lambda s: None)
+
+
+@pytest.mark.parametrize("overrides, table", [
+    ({"model.name": "cifar_resnet18", "pruning.mode": "reference",
+      "experiment.sweep_ratios": "1,0.01"}, "sweep"),
+    ({"model.name": "tv_vgg11_bn", "experiment.schedules": "greedy",
+      "data.eval_split": "train"}, "comparison"),
+])
+def test_other_models_pruning_modes_and_schedules(tmp_path, overrides, table):
+    config = tiny_config(**{"search.max_epochs": 1, "retrain.max_epochs": 1,
+                            "data.train_limit": 64, **overrides})
+    payload = experiment.run_experiment(config, str(tmp_path), print_fn=lambda s: None)
+    assert table in payload["tables"]
+    for run in payload["runs"]:
+        assert run["pruning_mode"] == config.pruning.mode
+        assert run["eval_split"] == config.data.eval_split
+    if config.pruning.mode == "reference":
+        # Per-tensor 50%: about half of every conv/dense kernel is zero.
+        assert run["params"]["pruned"] < 0.6 * run["params"]["dense"]
+        assert [r["schedule"] for r in payload["runs"]] == ["always", "always"]
