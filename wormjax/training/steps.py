@@ -17,7 +17,7 @@ from wormjax import truncation as truncation_lib
 from wormjax.training.state import TrainState
 
 __all__ = ["Forward", "StepFns", "make_steps", "zero_metrics", "read_metrics",
-           "CompileCounter"]
+           "CompileCounter", "inactive_truncation"]
 
 # forward(variables, batch, train, rng) -> (logits, new_batch_stats)
 Forward = Callable[[dict, dict, bool, jax.Array], tuple[jax.Array, Any]]
@@ -87,30 +87,29 @@ def make_steps(forward: Forward, tx, counter: CompileCounter | None = None,
 
     def train_step(state: TrainState, batch, truncation, acc, param_mask=None):
         rng = jax.random.fold_in(state.rng, state.step)
+        # Filler rows of a padded batch (mask 0) carry no loss.
+        weights = batch.get("mask", jnp.ones(batch["label"].shape, jnp.float32))
 
         def loss_fn(params):
             variables = {"params": params, "batch_stats": state.batch_stats}
             logits, new_stats = forward(variables, batch, True, rng)
-            loss = optax.softmax_cross_entropy_with_integer_labels(
-                logits, batch["label"]).mean()
+            losses = optax.softmax_cross_entropy_with_integer_labels(
+                logits, batch["label"])
+            loss = jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1.0)
             return loss, (logits, new_stats)
 
         (_, (logits, new_stats)), grads = jax.value_and_grad(
             loss_fn, has_aux=True)(state.params)
-        updates, opt_state = state_tx_update(grads, state, truncation)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params,
+                                       truncation=truncation)
         params = optax.apply_updates(state.params, updates)
         if param_mask is not None:
             params = jax.tree_util.tree_map(
                 lambda p, m: p * m.astype(p.dtype), params, param_mask)
-        weights = jnp.ones(batch["label"].shape, jnp.float32)
         acc = acc + _batch_metrics(logits, batch["label"], weights)
         new_state = state.replace(step=state.step + 1, params=params,
                                   batch_stats=new_stats, opt_state=opt_state)
         return new_state, acc
-
-    def state_tx_update(grads, state, truncation):
-        return tx.update(grads, state.opt_state, state.params,
-                         truncation=truncation)
 
     def plain(state, batch, truncation, acc):
         counter.hit("train_step")
