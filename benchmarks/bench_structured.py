@@ -8,7 +8,13 @@ random |N(0, 1)| values: at initialisation every scale is equal and the mask wou
 arbitrary, and trained scales are not available here. The ResNet keeps the union of
 each residual group's masks (see ``wormjax/structured.py``), so it keeps more than half.
 ``--channel-multiple 1 8`` also times a compact model whose counts are rounded up to
-multiples of 8 (XLA's convolutions are much slower on odd channel counts).
+multiples of 8 (on XLA:CPU the width-0.25 ResNet ran faster that way despite more FLOPs;
+GPU tensor cores also want multiples of 8).
+
+Read CPU numbers with care: XLA:CPU runs a 3x3 conv over a 2x2 map with 512 channels
+(the last two convs of CIFAR VGG-11 at width 1) about 25x slower than one over a 4x4
+map with four times the work, so the dense VGG is pathologically slow there and its
+measured speedup far exceeds the FLOP reduction.
 
 Timings are paired: in one process, after warm-up, dense and compact runs alternate
 (order swapped every repetition) and each model's median over repetitions is reported,

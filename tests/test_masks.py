@@ -134,3 +134,18 @@ def test_property_distance_metric(pair):
     assert 0.0 <= d_ab <= 1.0
     assert (d_ab == 0.0) == bool(np.array_equal(a, b))
     assert d_ab == pytest.approx(np.mean(a != b))
+
+
+@hypothesis.settings(deadline=None, max_examples=30)
+@hypothesis.given(values=_vectors, data=st.data())
+def test_property_kth_smallest_equals_sorting(values, data):
+    mags = jnp.abs(jnp.asarray(values))
+    k = data.draw(st.integers(0, values.size - 1))
+    assert float(masks.kth_smallest(mags, k)) == float(jnp.sort(mags)[k])
+
+
+def test_kth_smallest_with_ties_zeros_and_large_values():
+    mags = jnp.array([0.0, 0.0, 3e38, 1e-30, 2.0, 2.0, 2.0, 0.5], jnp.float32)
+    expected = np.sort(np.asarray(mags))
+    for k in range(8):
+        assert float(masks.kth_smallest(mags, k)) == expected[k]

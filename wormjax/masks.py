@@ -18,6 +18,7 @@ __all__ = [
     "flat_magnitudes",
     "global_magnitude_mask",
     "flat_magnitude_mask",
+    "kth_smallest",
     "mask_distance",
     "num_pruned",
     "unflatten_mask",
@@ -60,8 +61,30 @@ def flat_magnitude_mask(magnitudes: jax.Array, prune_ratio: float) -> jax.Array:
     """
     _validate.open_interval("prune_ratio", prune_ratio, 0.0, 1.0)
     k = num_pruned(magnitudes.shape[0], prune_ratio)
-    threshold = jnp.sort(magnitudes)[k]
-    return magnitudes > threshold
+    return magnitudes > kth_smallest(magnitudes, k)
+
+
+def kth_smallest(magnitudes: jax.Array, k: int) -> jax.Array:
+    """``sort(magnitudes)[k]`` for non-negative float32 values, without sorting.
+
+    Non-negative IEEE floats order like their bit patterns read as integers,
+    so a 31-step bisection over those integers, each step one comparison and
+    count over the vector, finds the exact order statistic. For the 14.2M
+    query/key entries of BERT-base this is several times faster than a full
+    sort on a CPU, and it parallelises as well as a reduction on a GPU.
+    """
+    bits = jax.lax.bitcast_convert_type(magnitudes.astype(jnp.float32), jnp.int32)
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = lo + (hi - lo) // 2
+        enough = jnp.sum(bits <= mid, dtype=jnp.int32) >= k + 1
+        return jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
+
+    # The answer is the smallest t with count(bits <= t) >= k + 1; it lies in
+    # [0, max bit pattern] (NaN patterns sort above +inf, as in jnp.sort).
+    lo, _ = jax.lax.fori_loop(0, 32, halve, (jnp.int32(0), jnp.max(bits)))
+    return jax.lax.bitcast_convert_type(lo, jnp.float32)
 
 
 def global_magnitude_mask(tree, prune_ratio: float):

@@ -17,7 +17,7 @@ compact model computes exactly the dense model with the pruned channels silenced
   a channel the ticket kept, at the cost of keeping more than the ticket's share of the
   residual stream. A block's inner ``bn1`` is free and follows its own mask.
 - ``channel_multiple`` (off by default) rounds every count up to a multiple, adding the
-  largest-|scale| pruned channels: XLA's convolutions run much slower on odd counts.
+  largest-|scale| pruned channels: convolutions can run slower on unaligned counts.
 """
 
 from __future__ import annotations
