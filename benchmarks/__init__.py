@@ -1,1 +1,0 @@
-"""wormjax benchmark suite; ``python -m benchmarks.run_all --size small`` runs all of it."""
