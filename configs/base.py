@@ -55,7 +55,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.search.max_epochs = 20  # the search ends unconverged after this many
 
     c.pruning = ml_collections.ConfigDict()
-    c.pruning.mode = "mask"  # mask (persistent BN channel mask) | reference
+    c.pruning.mode = "mask"  # mask (persistent BN channel mask) | reference | structured
+    c.pruning.min_channels = 1  # structured: no layer narrower than this
+    c.pruning.channel_multiple = 1  # structured: round widths up to a multiple
 
     c.retrain = ml_collections.ConfigDict()
     c.retrain.max_epochs = 10

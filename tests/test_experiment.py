@@ -230,3 +230,25 @@ def test_other_models_pruning_modes_and_schedules(tmp_path, overrides, table):
         # Per-tensor 50%: about half of every conv/dense kernel is zero.
         assert run["params"]["pruned"] < 0.6 * run["params"]["dense"]
         assert [r["schedule"] for r in payload["runs"]] == ["always", "always"]
+
+
+def test_structured_pruning_retrains_and_saves_the_compact_model(tmp_path):
+    from wormjax import structured
+
+    config = tiny_config(**{"pruning.mode": "structured", "experiment.schedules": "worm",
+                            "search.max_epochs": 2, "retrain.max_epochs": 1})
+    workdir = str(tmp_path / "s")
+    payload = experiment.run_experiment(config, workdir, print_fn=lambda s: None)
+    run = payload["runs"][0]
+    assert run["params"]["pruned"] < run["params"]["dense"]
+    assert run["flops"]["pruned_forward_per_example"] < \
+        run["flops"]["dense_forward_per_example"]
+    kept, total = run["structured"]["bn_channels"]
+    assert kept < total
+    model, variables = structured.load_compact(
+        os.path.join(workdir, "worm_seed0", "compact_model"))
+    assert list(model.channels) == run["structured"]["channels"]
+    assert structured.count_params(variables) == run["params"]["pruned"]
+    # A second invocation resumes the finished run from its compact checkpoint.
+    again = experiment.run_experiment(config, workdir, print_fn=lambda s: None)
+    assert _strip_timing(again["runs"]) == _strip_timing(payload["runs"])

@@ -16,6 +16,10 @@ from wormjax.selectors import TicketLayout
 from wormjax.selectors import attention_selector
 from wormjax.selectors import batchnorm_selector
 from wormjax.selectors import path_selector
+from wormjax.structured import build_compact
+from wormjax.structured import compact_channels
+from wormjax.structured import load_compact
+from wormjax.structured import save_compact
 from wormjax.truncation import WormTruncationState
 from wormjax.truncation import set_truncation
 from wormjax.truncation import truncation_from_eb_state

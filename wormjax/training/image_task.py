@@ -111,14 +111,17 @@ class ImageTask:
         return {"params": variables["params"],
                 "batch_stats": variables.get("batch_stats", {})}
 
-    def forward(self, variables, batch, train: bool, rng):
+    def forward(self, variables, batch, train: bool, rng, model=None):
+        """Logits and new BatchNorm statistics; ``model`` replaces the task's own
+        (the compact model of structured pruning)."""
+        model = model or self.model
         x = pipeline.normalize(batch["image"], self._scheme, self._dtype)
         if train:
-            logits, updates = self.model.apply(
+            logits, updates = model.apply(
                 variables, x, train=True, mutable=["batch_stats"],
                 rngs={"dropout": rng})
             return logits, updates["batch_stats"]
-        return self.model.apply(variables, x, train=False), variables["batch_stats"]
+        return model.apply(variables, x, train=False), variables["batch_stats"]
 
     def train_batches(self, seed: int, epoch: int, start_step: int = 0):
         return pipeline.train_batches(self.train_ds, self.batch_size, seed=seed,
@@ -128,8 +131,12 @@ class ImageTask:
     def eval_batches(self):
         return pipeline.eval_batches(self.eval_ds, self.eval_batch_size)
 
-    def forward_flops_per_example(self, variables) -> float:
+    def forward_flops_per_example(self, variables, model=None) -> float:
         batch = np.zeros((8,) + self.input_shape[1:], np.uint8)
         return forward_flops(
-            lambda v, x: self.forward(v, {"image": x}, False, None)[0], variables,
-            jnp.asarray(batch))
+            lambda v, x: self.forward(v, {"image": x}, False, None, model)[0],
+            variables, jnp.asarray(batch))
+
+    def compact_model(self, channels):
+        """The task's CNN narrowed to explicit per-BatchNorm channel counts."""
+        return self.model.clone(channels=tuple(int(c) for c in channels))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import os
 import time
@@ -20,8 +21,11 @@ import jax.numpy as jnp
 
 from wormjax import checkpoint as ckpt_lib
 from wormjax import pruning
+from wormjax import report
 from wormjax import search as search_lib
+from wormjax import structured
 from wormjax import truncation as truncation_lib
+from wormjax.models import common as model_common
 from wormjax.training import loop
 from wormjax.training import state as state_lib
 from wormjax.training import steps as steps_lib
@@ -154,8 +158,27 @@ class _Run:
                      "times": {"search": 0.0, "prune": 0.0, "retrain": 0.0},
                      "ticket": None, "pre_prune_accuracy": None,
                      "post_prune_accuracy": None, "restore_epochs": None,
-                     "target_accuracy": None, "pruned_nonzero": None}
+                     "target_accuracy": None, "pruned_nonzero": None,
+                     "examples_retrain": 0, "structured": None}
         self.eb_update = res.eb_update_fn(self.search.config)
+        self.retrain_entries = res.layout.num_entries
+        self.compact_model = None
+
+    def use_compact(self, channels):
+        """Switches the steps to the compact model of structured pruning.
+
+        The optimizer chain holds no shapes, so it is reused; the steps are
+        compiled again, once, for the narrower model.
+        """
+        task = self.res.task
+        self.compact_model = task.compact_model(channels)
+        self.steps = steps_lib.make_steps(
+            functools.partial(task.forward, model=self.compact_model), self.tx,
+            self.res.counter)
+        abstract = model_common.abstract_variables(self.compact_model,
+                                                   task.input_shape)
+        self.retrain_entries = task.selector(abstract["params"]).num_entries
+        return abstract
 
     # -- checkpoints -------------------------------------------------------
     def save(self, tree):
@@ -168,6 +191,12 @@ class _Run:
             return fresh_state, fresh_eb, None
         self.meta = self.ckpt.restore_meta(step)
         like = {"state": fresh_state, "eb": fresh_eb}
+        if self.meta.get("structured"):
+            abstract = self.use_compact(self.meta["structured"]["channels"])
+            zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
+                                           abstract)
+            like["state"] = self.res.parallel.replicate(
+                state_lib.create_train_state(zeros, self.tx, self.seed))
         if self.meta["phase"] in ("retrain", "done") and self.meta.get("has_param_mask"):
             like["param_mask"] = jax.tree_util.tree_map(
                 lambda p: jnp.ones(p.shape, jnp.float32), fresh_state.params)
@@ -247,8 +276,13 @@ class _Run:
         search_evals = [r["eval_accuracy"] for r in self.meta["records"]
                         if r["phase"] == "search" and r["eval_accuracy"] is not None]
         pre = search_evals[-1] if search_evals else self.evaluate(state)["accuracy"]
-        pruned = self.res.prune_fn(state.params, eb.newest_mask)
-        variables = {"params": pruned.params, "batch_stats": state.batch_stats}
+        if self.config.pruning.mode == "structured":
+            variables = self._build_compact(state, eb)
+            pruned = PrunedCopy(variables["params"], None,
+                                self.meta["structured"]["params_compact"])
+        else:
+            pruned = self.res.prune_fn(state.params, eb.newest_mask)
+            variables = {"params": pruned.params, "batch_stats": state.batch_stats}
         new_state = self.res.parallel.replicate(
             state_lib.create_train_state(variables, self.tx, self.seed))
         post = self.evaluate(new_state)["accuracy"]
@@ -264,9 +298,41 @@ class _Run:
         self.save(tree)
         return new_state, pruned.param_mask
 
+    def _build_compact(self, state, eb):
+        """A narrower copy holding only the ticket's channels (structured mode)."""
+        cfg = self.config.pruning
+        host = jax.device_get({"params": state.params,
+                               "batch_stats": state.batch_stats})
+        _, variables, info = structured.build_compact(
+            self.res.task.model, host, self.res.layout,
+            jax.device_get(eb.newest_mask), min_channels=cfg.min_channels,
+            channel_multiple=cfg.channel_multiple)
+        self.use_compact(info["channels"])
+        # Through JSON now, so the summary equals the one a resumed run reads
+        # back from the checkpoint metadata (tuples become lists).
+        self.meta["structured"] = json.loads(report.to_json({
+            "channels": info["channels"], "bn_channels": info["bn_channels"],
+            "floored": info["floored"], "shortcut_rule": info["shortcut_rule"],
+            "params_compact": info["params_compact"],
+            "forward_flops_compact": self.res.task.forward_flops_per_example(
+                variables, self.compact_model)}))
+        return variables
+
+    def save_compact_model(self, state) -> None:
+        """Writes the retrained compact model, loadable alone (load_compact)."""
+        variables = jax.device_get({"params": state.params,
+                                    "batch_stats": state.batch_stats})
+        structured.save_compact(
+            os.path.join(self.workdir, "compact_model"), self.compact_model, variables,
+            extra_meta={"variant": self.variant.name, "seed": self.seed,
+                        "ticket": self.meta["ticket"],
+                        "restore_epochs": self.meta["restore_epochs"],
+                        "prune_ratio": self.config.search.prune_ratio},
+            overwrite=True)
+
     def run_retrain(self, state, eb, param_mask):
         inactive = self.res.parallel.replicate(
-            steps_lib.inactive_truncation(self.res.layout.num_entries))
+            steps_lib.inactive_truncation(self.retrain_entries))
         step_fn = functools.partial(self._train_step, truncation=inactive,
                                     param_mask=param_mask)
         target = self.meta["target_accuracy"]
@@ -284,6 +350,8 @@ class _Run:
                                       seconds=seconds, truncation=inactive,
                                       steps=self.res.task.steps_per_epoch))
             self.meta["epoch"] = epoch + 1
+            self.meta["examples_retrain"] += (self.res.task.steps_per_epoch
+                                              * self.res.task.batch_size)
             if evaluation["accuracy"] >= target:
                 self.meta["restore_epochs"] = epoch + 1
             tree = {"state": state, "eb": eb}
@@ -298,6 +366,11 @@ class _Run:
         times = dict(meta["times"])
         times["total"] = times["search"] + times["prune"] + times["retrain"]
         flops = self.res.flops_per_example
+        compact = meta.get("structured") or {}
+        pruned_flops = compact.get("forward_flops_compact")
+        retrain_examples = meta.get("examples_retrain", 0)
+        spent = 3.0 * (flops * (meta["examples_trained"] - retrain_examples)
+                       + (pruned_flops or flops) * retrain_examples)
         return {
             "task": self.res.task.name,
             "variant": self.variant.name, "schedule": self.variant.schedule,
@@ -320,8 +393,9 @@ class _Run:
             "eval_split": cfg.data.eval_split,
             "times": times,
             "flops": {"dense_forward_per_example": flops,
-                      "training_flops_spent": 3.0 * flops * meta["examples_trained"],
-                      "pruned_forward_per_example": None},
+                      "training_flops_spent": spent,
+                      "pruned_forward_per_example": pruned_flops},
+            "structured": compact or None,
             "params": {"dense": self.res.num_params,
                        "pruned": meta["pruned_nonzero"]},
             "examples_trained": meta["examples_trained"],
@@ -349,6 +423,8 @@ def run_variant(res: RunResources, variant: Variant, seed: int, workdir: str) ->
             state, param_mask = run.prune(state, eb)
         if run.meta["phase"] == "retrain":
             state = run.run_retrain(state, eb, param_mask)
+            if run.compact_model is not None:
+                run.save_compact_model(state)
             run.meta["phase"] = "done"
             tree = {"state": state, "eb": eb}
             if param_mask is not None:
