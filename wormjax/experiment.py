@@ -128,8 +128,17 @@ def _warm_up(res: run_lib.RunResources, variables) -> float:
     """
     start = time.perf_counter()
     task, config = res.task, res.config
-    batch = res.parallel.put_batch(next(iter(task.train_batches(config.seed, 0))))
-    eval_batch = res.parallel.put_batch(next(iter(task.eval_batches())))
+    if hasattr(task, "warmup_batches"):  # one batch per shape (text length buckets)
+        shapes = task.warmup_batches()
+        batches, eval_batches = shapes["train"], shapes["eval"]
+    else:
+        batches = [next(iter(task.train_batches(config.seed, 0)))]
+        eval_batches = [next(iter(task.eval_batches()))]
+    batches = [res.parallel.put_batch(b) for b in batches]
+    eval_batches = [res.parallel.put_batch(b) for b in eval_batches]
+    # Retraining steps through the parameter mask in mask mode, and in reference
+    # mode when the task keeps the reference mask (BERT).
+    masked = config.pruning.mode == "mask" or task.persistent_reference_mask
     place = res.parallel.replicate
     inactive = place(steps_lib.inactive_truncation(res.layout.num_entries))
     for placement, fns in res.steps.items():
@@ -137,13 +146,16 @@ def _warm_up(res: run_lib.RunResources, variables) -> float:
         copy = jax.tree_util.tree_map(jnp.copy, variables)
         state = res.parallel.replicate(
             state_lib.create_train_state(copy, res.txs[placement], config.seed))
-        state, acc = fns.train(state, batch, inactive, place(steps_lib.zero_metrics()))
-        if config.pruning.mode == "mask":
-            ones = place(jax.tree_util.tree_map(
-                lambda p: jnp.ones(p.shape, jnp.float32), state.params))
-            state, acc = fns.train_masked(state, batch, inactive, acc, ones)
-        acc = fns.eval(state.params, state.batch_stats, eval_batch,
-                       place(steps_lib.zero_metrics()))
+        ones = place(jax.tree_util.tree_map(
+            lambda p: jnp.ones(p.shape, jnp.float32), state.params))
+        acc = place(steps_lib.zero_metrics())
+        for batch in batches:
+            state, acc = fns.train(state, batch, inactive, acc)
+            if masked:
+                state, acc = fns.train_masked(state, batch, inactive, acc, ones)
+        acc = place(steps_lib.zero_metrics())
+        for eval_batch in eval_batches:
+            acc = fns.eval(state.params, state.batch_stats, eval_batch, acc)
         jax.block_until_ready(acc)
     for variant in variants_from_config(config):
         search_config = run_lib._search_config(config, variant)

@@ -35,7 +35,7 @@ def make_optimizer(optim, selector: selectors_lib.ParamSelector, *,
 
     Args:
       optim: the ``config.optim`` ConfigDict (name, learning_rate, momentum,
-        weight_decay, warmup_steps, grad_clip_norm).
+        weight_decay, warmup_steps or warmup_fraction, grad_clip_norm).
       selector: the representative parameters the truncation acts on.
       total_steps: steps of the whole run, for the linear decay of AdamW.
       placement: "gradient" (first in the chain: the raw gradient, the paper)
@@ -58,6 +58,11 @@ def make_optimizer(optim, selector: selectors_lib.ParamSelector, *,
             core = optax.chain(optax.add_decayed_weights(optim.weight_decay), core)
     else:
         warmup = int(optim.get("warmup_steps", 0) or 0)
+        fraction = float(optim.get("warmup_fraction", 0.0) or 0.0)
+        if fraction and total_steps:
+            # BERT recipes give warm-up as a share of all steps, which depends
+            # on the data size: resolved here, where total_steps is known.
+            warmup = int(round(fraction * total_steps))
         if total_steps:
             # Warm-up then linear decay over the whole run, never reset per epoch.
             schedule = optax.join_schedules(

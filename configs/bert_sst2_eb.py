@@ -1,0 +1,13 @@
+"""BERT on GLUE SST-2, EB Train (no truncation): the paper's section VI settings.
+
+  python launch.py --config=configs/bert_sst2_eb.py --config.data.dir=/path/to/glue
+
+data.dir holds SST-2/train.tsv and SST-2/dev.tsv (or use --config.data.source=tfds).
+The checkpoint defaults to the installed all-MiniLM-L6-v2, else bert-base-uncased.
+"""
+
+from configs import bert_base
+
+
+def get_config():
+    return bert_base.get_config("sst2", "none")

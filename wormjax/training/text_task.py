@@ -1,0 +1,306 @@
+"""Text classification task: GLUE SST-2 / MRPC / RTE with a Hugging Face BERT.
+
+The transformer counterpart of ``image_task``: the run loop gets the imported
+checkpoint (classifier head initialised from the seed), the BERT forward,
+length-bucketed batches and the query/key representative selector of the
+paper's section VI. Every batch of a bucket has one shape, so each jitted step
+compiles once per bucket and never again in later epochs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wormjax import _validate
+from wormjax import models
+from wormjax import selectors as selectors_lib
+from wormjax.data import glue as glue_lib
+from wormjax.data import text as text_lib
+from wormjax.models import hf_import
+from wormjax.training import image_task
+
+__all__ = ["TextTask", "subset_indices", "looks_like_path"]
+
+# The subsets of train_limit / eval_limit do not depend on config.seed, so every
+# seed of an experiment trains and evaluates on the same examples.
+_SUBSET_SEED = 20240617
+_DIR_HINT = ("pass --config.data.dir=/path/to/glue (the folder holding SST-2/, MRPC/ "
+             "and RTE/ with train.tsv and dev.tsv), or --config.data.source=tfds")
+
+
+def looks_like_path(name: str) -> bool:
+    """Says whether a checkpoint name is a local path rather than a Hub id.
+
+    Mirrors ``hf_import.resolve_checkpoint_dir``: Hub ids are "name" or
+    "org/name"; anything else (or anything that exists) is a path.
+    """
+    return (os.path.exists(name) or name.startswith((".", "/", "~"))
+            or name.count("/") > 1 or "\\" in name)
+
+
+def subset_indices(num_examples: int, limit: int, salt: int = 0) -> np.ndarray:
+    """A deterministic subset of ``limit`` example indices, in data order.
+
+    Args:
+      num_examples: size of the split.
+      limit: subset size; 0 (or >= num_examples) keeps every example.
+      salt: distinguishes the train and evaluation subsets.
+
+    Returns:
+      Sorted int64 indices.
+    """
+    if not limit or limit >= num_examples:
+        return np.arange(num_examples)
+    rng = np.random.default_rng([_SUBSET_SEED, salt])
+    return np.sort(rng.choice(num_examples, size=limit, replace=False))
+
+
+def _encode(tokenizer, examples: glue_lib.GlueExamples, indices: np.ndarray,
+            max_seq_len: int) -> text_lib.EncodedText:
+    pick = lambda texts: [texts[i] for i in indices]  # noqa: E731
+    return text_lib.encode_texts(
+        tokenizer, pick(examples.text_a),
+        None if examples.text_b is None else pick(examples.text_b),
+        examples.labels[indices], max_seq_len=max_seq_len)
+
+
+def _max_positions(checkpoint_dir: str) -> int | None:
+    path = os.path.join(checkpoint_dir, "config.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f).get("max_position_embeddings")
+
+
+class TextTask:
+    """BERT sequence classifier + a GLUE task, built from ``config.model`` and ``config.data``."""
+
+    kind = "text"
+    # The authors' BERT code kept a per-layer 50% mask on every dense kernel and
+    # bias while retraining (their CNN code did not).
+    persistent_reference_mask = True
+
+    @staticmethod
+    def validate_config(config) -> None:
+        """Checks the text-specific fields before any data or weights are read.
+
+        Args:
+          config: the experiment ConfigDict (``task="text"``).
+
+        Raises:
+          ValueError: naming the bad field, its value and what is allowed.
+        """
+        data, model = config.data, config.model
+        try:
+            glue_lib.glue_task_name(data.get("name"))
+        except ValueError:
+            raise ValueError(f"unknown data.name {data.get('name')!r}; allowed: "
+                             f"{', '.join(map(repr, glue_lib.GLUE_TASKS))}") from None
+        _validate.one_of("data.source", data.source, glue_lib.GLUE_SOURCES)
+        _validate.one_of("data.eval_split", data.eval_split, ("test", "train"))
+        _validate.one_of("model.dtype", model.dtype, models.DTYPES)
+        max_seq_len = _validate.at_least("data.max_seq_len", data.get("max_seq_len"), 3)
+        _validate.at_least("data.bucket_min_len", data.get("bucket_min_len", 32), 1)
+        _validate.at_least("data.train_limit", data.train_limit, 0)
+        _validate.at_least("data.eval_limit", data.eval_limit, 0)
+        _validate.at_least("model.num_classes", model.num_classes, 0)
+        _validate.closed_interval("optim.warmup_fraction",
+                                  config.optim.get("warmup_fraction", 0.0), 0.0, 1.0)
+        include_value = config.search.get("include_value", False)
+        if not isinstance(include_value, bool):
+            raise ValueError(f"search.include_value must be True or False, "
+                             f"got {include_value!r}")
+
+        checkpoint = model.get("checkpoint")
+        if not isinstance(checkpoint, str) or not checkpoint.strip():
+            raise ValueError(
+                f"model.checkpoint={checkpoint!r}: give a Hugging Face BERT checkpoint "
+                "folder (config.json, model.safetensors or pytorch_model.bin, vocab.txt "
+                "or tokenizer.json) or a Hub id such as 'bert-base-uncased'")
+        if looks_like_path(checkpoint):
+            folder = os.path.expanduser(checkpoint)
+            if not os.path.isdir(folder):
+                raise ValueError(
+                    f"model.checkpoint={checkpoint!r} is not an existing folder; allowed: a "
+                    "Hugging Face checkpoint folder (config.json, model.safetensors, "
+                    "vocab.txt) or a Hub id such as 'bert-base-uncased'")
+            if not os.path.isfile(os.path.join(folder, "config.json")):
+                raise ValueError(f"model.checkpoint={checkpoint!r} has no config.json; "
+                                 "it is not a Hugging Face checkpoint folder")
+            limit = _max_positions(folder)
+            if limit is not None and max_seq_len > limit:
+                raise ValueError(
+                    f"data.max_seq_len={max_seq_len} exceeds the checkpoint's "
+                    f"max_position_embeddings={limit}; allowed: 3..{limit}")
+
+        if data.source == "local":
+            if not data.dir:
+                raise ValueError(f"data.dir is empty but data.source='local': {_DIR_HINT}")
+            folder = os.path.expanduser(data.dir)
+            if not os.path.isdir(folder):
+                raise ValueError(f"data.dir={data.dir!r} is not a folder: {_DIR_HINT}")
+
+    def __init__(self, config):
+        self.validate_config(config)
+        self.config = config
+        data, model_cfg = config.data, config.model
+        self.name = glue_lib.glue_task_name(data.name)
+        self.checkpoint_dir = hf_import.resolve_checkpoint_dir(
+            os.path.expanduser(model_cfg.checkpoint))
+        data_dir = os.path.expanduser(data.dir) if data.dir else None
+        train = glue_lib.load_glue(self.name, "train", data.source, data_dir)
+        tokenizer = text_lib.load_tokenizer(self.checkpoint_dir)
+        max_seq_len = int(data.max_seq_len)
+        self.train_data = _encode(tokenizer, train,
+                                  subset_indices(len(train), data.train_limit, 0),
+                                  max_seq_len)
+        if data.eval_split == "train":  # the authors' protocol
+            self.eval_data = self.train_data
+        else:
+            dev = glue_lib.load_glue(self.name, "dev", data.source, data_dir)
+            self.eval_data = _encode(tokenizer, dev,
+                                     subset_indices(len(dev), data.eval_limit, 1),
+                                     max_seq_len)
+        self.boundaries = text_lib.bucket_boundaries(
+            max_seq_len, smallest=int(data.get("bucket_min_len", 32)))
+        self.batch_size = config.optim.batch_size
+        self.eval_batch_size = config.optim.eval_batch_size
+        # Buckets keep their members across epochs and drop their partial last
+        # batch, so the number of batches is the same in every epoch.
+        plan = text_lib.text_batch_plan(self.train_data, self.batch_size, seed=config.seed,
+                                        epoch=0, boundaries=self.boundaries)
+        self.steps_per_epoch = len(plan)
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"optim.batch_size={self.batch_size} leaves no full batch in any length "
+                f"bucket {self.boundaries} of the {len(self.train_data)} training "
+                "examples; lower the batch size or raise data.train_limit")
+        self.train_bucket_lengths = tuple(sorted({length for length, _ in plan}))
+
+        num_labels = int(model_cfg.num_classes or train.num_labels)
+        self._dtype = models.DTYPES[model_cfg.dtype]
+        loaded = hf_import.load_hf_bert(
+            self.checkpoint_dir, num_labels, rng=int(config.seed), dtype=self._dtype,
+            # A checkpoint fine-tuned on another label set gets a fresh head.
+            ignore_mismatched_classifier=True)
+        self.model, self.bert_config = loaded.model, loaded.config
+        self.import_info = loaded.info
+        if max_seq_len > self.bert_config.max_position_embeddings:  # a Hub checkpoint
+            raise ValueError(
+                f"data.max_seq_len={max_seq_len} exceeds the checkpoint's "
+                f"max_position_embeddings={self.bert_config.max_position_embeddings}")
+        # Host copies: every run gets fresh device arrays, since the train step
+        # donates (deletes) the buffers it is given.
+        self._host_params = {int(config.seed): jax.device_get(loaded.variables["params"])}
+        self._init = jax.jit(self.model.init)
+        self.selector = selectors_lib.attention_selector(
+            include_value=bool(config.search.get("include_value", False)))
+
+    @property
+    def num_train_examples(self) -> int:
+        return len(self.train_data)
+
+    @property
+    def num_eval_examples(self) -> int:
+        return len(self.eval_data)
+
+    def _params_for_seed(self, seed: int):
+        if seed not in self._host_params:
+            base = next(iter(self._host_params.values()))
+            fresh = self.import_info.initialised
+            if fresh:
+                # The same draw load_hf_bert makes for rng=seed, compiled once.
+                ids = jnp.zeros((1, min(8, self.bert_config.max_position_embeddings)),
+                                jnp.int32)
+                init = self._init(jax.random.key(seed), ids)["params"]
+                by_path = dict(selectors_lib.leaves_with_paths(init))
+
+                def pick(path, leaf):
+                    name = selectors_lib.path_str(path)
+                    return np.asarray(by_path[name]) if name in fresh else leaf
+
+                base = jax.tree_util.tree_map_with_path(pick, base)
+            self._host_params[seed] = base
+        return self._host_params[seed]
+
+    def init_variables(self, seed: int):
+        """The imported weights, with any head the checkpoint lacks drawn from ``seed``.
+
+        Args:
+          seed: the run's seed; EB and WORM arms of a seed get identical variables.
+
+        Returns:
+          ``{"params": ..., "batch_stats": {}}`` as new device arrays.
+        """
+        host = self._params_for_seed(int(seed))
+        params = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), host)
+        return {"params": params, "batch_stats": {}}
+
+    def forward(self, variables, batch, train: bool, rng):
+        """BERT classifier logits; dropout is on only while training.
+
+        Args:
+          variables: ``{"params": ..., "batch_stats": {}}``.
+          batch: ``input_ids``, ``token_type_ids``, ``attention_mask`` [B, L].
+          train: training mode (dropout from ``rng``).
+          rng: the dropout key (unused in evaluation).
+
+        Returns:
+          (logits [B, C] float32, the unchanged (empty) batch_stats).
+        """
+        logits = self.model.apply(
+            {"params": variables["params"]}, batch["input_ids"], batch["attention_mask"],
+            batch["token_type_ids"], deterministic=not train,
+            rngs={"dropout": rng} if train else None)
+        return logits, variables.get("batch_stats", {})
+
+    def train_batches(self, seed: int, epoch: int, start_step: int = 0):
+        """The shuffled training batches of ``epoch`` (``steps_per_epoch`` of them).
+
+        Args:
+          seed: data-order seed (the run's seed).
+          epoch: data epoch; the order depends only on (seed, epoch).
+          start_step: batches of the epoch to skip (resuming mid-epoch).
+
+        Returns:
+          An iterator of dicts of int32 arrays, [batch_size, bucket length].
+        """
+        return text_lib.text_batches(self.train_data, self.batch_size, seed=seed,
+                                     epoch=epoch, shuffle=True, start_step=start_step,
+                                     boundaries=self.boundaries)
+
+    def eval_batches(self):
+        """Every evaluation example once, in bucket order, with a 0/1 ``mask``."""
+        return text_lib.text_batches(self.eval_data, self.eval_batch_size, shuffle=False,
+                                     boundaries=self.boundaries, drop_remainder=False)
+
+    def warmup_batches(self) -> dict[str, list[dict]]:
+        """One batch of every shape the steps will see, to compile them up front.
+
+        Returns:
+          ``{"train": [...], "eval": [...]}``, one batch per length bucket in use.
+        """
+        def one_per_shape(batches):
+            seen = {}
+            for batch in batches:
+                seen.setdefault(batch["input_ids"].shape, batch)
+            return list(seen.values())
+
+        return {"train": one_per_shape(self.train_batches(self.config.seed, 0)),
+                "eval": one_per_shape(self.eval_batches())}
+
+    def forward_flops_per_example(self, variables) -> float:
+        """Forward FLOPs per example at the longest bucket (XLA cost analysis)."""
+        ids = jnp.zeros((8, self.boundaries[-1]), jnp.int32)
+
+        def apply(v, input_ids):
+            batch = {"input_ids": input_ids, "token_type_ids": jnp.zeros_like(input_ids),
+                     "attention_mask": jnp.ones_like(input_ids)}
+            return self.forward(v, batch, False, None)[0]
+
+        return image_task.forward_flops(apply, variables, ids)
