@@ -287,3 +287,24 @@ def test_width_scaling_and_validation():
         22,
         25,
     ]
+
+
+@pytest.mark.parametrize("hw", [1, 2, 4])
+def test_small_map_conv_equals_xla_conv_forward_and_gradients(hw):
+    from wormjax.models import common as model_common
+
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, hw, hw, 5))
+    k = jax.random.normal(jax.random.PRNGKey(1), (3, 3, 5, 7))
+    dims = jax.lax.conv_dimension_numbers(x.shape, k.shape, ("NHWC", "HWIO", "NHWC"))
+
+    def with_fn(fn):
+        return lambda x, k: fn(x, k, (1, 1), [(1, 1), (1, 1)],
+                               dimension_numbers=dims)
+
+    ref, small = with_fn(jax.lax.conv_general_dilated), with_fn(model_common.small_map_conv)
+    np.testing.assert_allclose(small(x, k), ref(x, k), rtol=1e-5, atol=1e-5)
+    g = jax.random.normal(jax.random.PRNGKey(2), ref(x, k).shape)
+    grads = [jax.grad(lambda x, k, f=f: jnp.vdot(f(x, k), g), argnums=(0, 1))(x, k)
+             for f in (ref, small)]
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

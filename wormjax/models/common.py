@@ -24,6 +24,43 @@ _BN_SCALE_RE = re.compile(BN_SCALE_PATTERN)
 conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def small_map_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                   rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                   precision=None, preferred_element_type=None, **kwargs):
+    """``lax.conv_general_dilated``, with 3x3 convs over maps below 3x3 as a matmul.
+
+    XLA's CPU convolution takes a slow path when the map is smaller than the
+    kernel: on CIFAR VGG-11's two 512-channel convs over the 2x2 map it ran at
+    about 2% of the machine's matmul rate (benchmarks/bench_conv_layers.py).
+    The same conv as nine shifted slices of the zero-padded input and one
+    matmul (im2col) is exact and runs near the matmul rate. Every other conv,
+    and every conv off the CPU, goes to XLA unchanged. Pass it to ``nn.Conv``
+    as ``conv_general_dilated``; the parameter tree does not change.
+    """
+    dims = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
+    plain = (jax.default_backend() == "cpu" and lhs.ndim == 4
+             and max(lhs.shape[1:3]) < 3 and tuple(rhs.shape[:2]) == (3, 3)
+             and tuple(window_strides) == (1, 1)
+             and [tuple(p) for p in padding] == [(1, 1), (1, 1)]
+             and all(d in (None, 1) for d in tuple(lhs_dilation or ())
+                     + tuple(rhs_dilation or ()))
+             and feature_group_count == 1 and dimension_numbers == dims)
+    if not plain:
+        return jax.lax.conv_general_dilated(
+            lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+            dimension_numbers, feature_group_count, precision=precision,
+            preferred_element_type=preferred_element_type, **kwargs)
+    b, h, w, c = lhs.shape
+    padded = jnp.pad(lhs, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    patches_BHWK = jnp.concatenate(
+        [padded[:, i:i + h, j:j + w, :] for i in range(3) for j in range(3)], axis=-1)
+    return jnp.matmul(patches_BHWK, rhs.reshape(9 * c, rhs.shape[-1]),
+                      precision=precision, preferred_element_type=preferred_element_type)
+
+
 def scaled_width(channels: int, width: float) -> int:
     """Scales a layer's channel count by the width multiplier, never below one channel.
 

@@ -74,6 +74,7 @@ def _features(
             use_bias=use_bias,
             dtype=dtype,
             kernel_init=common.conv_kernel_init,
+            conv_general_dilated=common.small_map_conv,
             name=f"conv{conv_index}",
         )(x)
         x = common.batch_norm(train, f"bn{conv_index}", dtype, bn_scale_init)(x)
