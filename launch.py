@@ -18,6 +18,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
+_JAX_CACHE = flags.DEFINE_string(
+    "jax_cache_dir", os.path.join(os.path.expanduser("~"), ".cache", "wormjax", "xla"),
+    "JAX's persistent compilation cache: a re-run, resume, extra seed or sweep arm "
+    "with the same shapes loads its compiled steps instead of compiling again "
+    "(empty: off).")
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Output folder (checkpoints, metrics, plots, summary.json); "
     "default: runs/<config name>.")
@@ -26,7 +31,12 @@ _WORKDIR = flags.DEFINE_string(
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from wormjax import experiment  # noqa: PLC0415 - after flag parsing
+    import jax  # noqa: PLC0415 - after flag parsing
+
+    from wormjax import experiment  # noqa: PLC0415
+
+    if _JAX_CACHE.value:
+        jax.config.update("jax_compilation_cache_dir", _JAX_CACHE.value)
 
     logging.getLogger().setLevel(logging.INFO)
     # orbax reports every checkpoint operation through absl at INFO.

@@ -1,0 +1,196 @@
+"""Forward + backward time of every CIFAR VGG-11 conv: XLA's convolution vs im2col + dot.
+
+On XLA:CPU a 3x3, padding-1 convolution over a 2x2 map (VGG-11's last two convs on
+32x32 inputs) takes a slow path, orders of magnitude below the FLOP rate of the same
+conv on 4x4. This bench times each layer's conv as flax's ``nn.Conv`` issues it
+(``lax.conv_general_dilated``, NHWC/HWIO) against the identical computation written as
+padding, nine shifted slices and one matmul (im2col), and checks they agree.
+
+It then times the whole VGG-11 train step with and without that rewrite applied to the
+2x2-map convs only (``small_map_convs_as_matmul``, a trace-time substitution in this
+bench; the library is unchanged), interleaved, to size the library change it suggests.
+
+  python -m benchmarks.bench_conv_layers --size small
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import jax
+import jax.numpy as jnp
+
+from benchmarks import common
+from benchmarks import workloads as wl
+from wormjax.models import common as model_common
+from wormjax.models import vgg
+
+NAME = "conv_layers"
+REPS = {"tiny": 2, "small": 3, "large": 7}
+
+
+def conv_xla(x_BHWC, kernel_HWIO):
+    """The 3x3 stride-1 padding-1 conv exactly as flax's nn.Conv lowers it."""
+    return jax.lax.conv_general_dilated(x_BHWC, kernel_HWIO, (1, 1), ((1, 1), (1, 1)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def conv_im2col(x_BHWC, kernel_HWIO):
+    """The same conv as nine shifted slices of the padded input and one matmul."""
+    b, h, w, c = x_BHWC.shape
+    kh, kw, _, out = kernel_HWIO.shape
+    padded = jnp.pad(x_BHWC, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    patches_BHWK = jnp.concatenate(
+        [padded[:, i:i + h, j:j + w, :] for i in range(kh) for j in range(kw)], axis=-1)
+    return patches_BHWK @ kernel_HWIO.reshape(kh * kw * c, out)
+
+
+@contextlib.contextmanager
+def small_map_convs_as_matmul():
+    """While tracing inside, 3x3 pad-1 stride-1 convs over maps < 3x3 use im2col.
+
+    flax's nn.Conv looks ``lax.conv_general_dilated`` up at call time, so replacing
+    the attribute during tracing reroutes exactly those convs; everything else, and
+    the parameter tree, stays as it is.
+    """
+    original = jax.lax.conv_general_dilated
+
+    def conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+             dimension_numbers=None, feature_group_count=1, **kwargs):
+        plain = (lhs.ndim == 4 and max(lhs.shape[1:3]) < 3 and rhs.shape[:2] == (3, 3)
+                 and tuple(window_strides) == (1, 1)
+                 and [tuple(p) for p in padding] == [(1, 1), (1, 1)]
+                 and all(d in (None, 1) for d in tuple(lhs_dilation or ()) +
+                         tuple(rhs_dilation or ()))
+                 and feature_group_count == 1)
+        if plain:  # flax passes NHWC inputs and HWIO kernels
+            return conv_im2col(lhs, rhs)
+        return original(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                        dimension_numbers, feature_group_count, **kwargs)
+
+    jax.lax.conv_general_dilated = conv
+    try:
+        yield
+    finally:
+        jax.lax.conv_general_dilated = original
+
+
+def step_with_and_without(spec, size: str) -> dict:
+    """Interleaved VGG-11 train-step windows: XLA conv everywhere vs im2col on 2x2 maps."""
+    target, _ = wl.WINDOWS[size]
+    reps = REPS[size]
+    base = wl.build(spec)
+    base.compile()
+    patched = wl.build(spec)
+    with small_map_convs_as_matmul():
+        patched.compile()  # traced (and compiled) with the substitution
+    n = common.steps_for_window(common.timed(lambda: base.steps(1)), target)
+    m = common.steps_for_window(common.timed(lambda: patched.steps(1)), target)
+    t_base, t_patched = common.interleave([lambda: base.steps(n), lambda: patched.steps(m)],
+                                          reps, warmup=0)
+    speed = common.summarize([(a / n) / (b / m) for a, b in zip(t_base, t_patched)])
+    return {"workload": spec.key, "reps": reps,
+            "xla_step_ms": 1e3 * common.summarize(t_base)["median"] / n,
+            "im2col_2x2_step_ms": 1e3 * common.summarize(t_patched)["median"] / m,
+            "speedup": speed["median"], "speedup_q1": speed["q1"], "speedup_q3": speed["q3"]}
+
+
+def layer_shapes(width: float) -> list[tuple[int, int, int]]:
+    """(spatial size, in channels, out channels) of each CIFAR VGG-11 conv."""
+    shapes, hw, cin = [], 32, 3
+    for v in vgg.CIFAR_VGG11_CFG:
+        if v == "M":
+            hw //= 2
+            continue
+        cout = model_common.scaled_width(v, width)
+        shapes.append((hw, cin, cout))
+        cin = cout
+    return shapes
+
+
+def _fwd_bwd(conv):
+    # Input and kernel gradients: what a train step computes per conv layer.
+    return jax.jit(jax.grad(lambda x, k, g: jnp.vdot(conv(x, k), g), argnums=(0, 1)))
+
+
+def time_layer(hw: int, cin: int, cout: int, batch: int, reps: int) -> dict:
+    """Times one conv shape both ways and checks the outputs agree."""
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    x = jax.random.normal(keys[0], (batch, hw, hw, cin))
+    k = jax.random.normal(keys[1], (3, 3, cin, cout)) * (2.0 / (9 * cin)) ** 0.5
+    g = jax.random.normal(keys[2], (batch, hw, hw, cout))
+    out = {}
+    for name, conv in (("xla", conv_xla), ("im2col", conv_im2col)):
+        fn = _fwd_bwd(conv)
+        times = common.repeat(lambda: jax.block_until_ready(fn(x, k, g)), reps, warmup=1)
+        out[name] = common.summarize(times)["median"]
+    ref, alt = jax.jit(conv_xla)(x, k), jax.jit(conv_im2col)(x, k)
+    rel = float(jnp.max(jnp.abs(ref - alt)) / (jnp.max(jnp.abs(ref)) + 1e-30))
+    gflop = 3 * 2.0 * batch * hw * hw * cin * cout * 9 / 1e9  # forward + two gradients
+    return {"hw": hw, "cin": cin, "cout": cout, "batch": batch,
+            "xla_ms": 1e3 * out["xla"], "im2col_ms": 1e3 * out["im2col"],
+            "speedup": out["xla"] / out["im2col"], "gflop": gflop,
+            "xla_gflop_s": gflop / out["xla"], "im2col_gflop_s": gflop / out["im2col"],
+            "max_rel_diff": rel}
+
+
+def grid(size: str) -> list[tuple[float, int]]:
+    """(width, batch) pairs measured at each size."""
+    common.check_size(size)
+    return {"tiny": [(0.25, 8)], "small": [(1.0, 32), (0.25, 32)],
+            "large": [(1.0, 32), (1.0, 128), (0.25, 32), (0.25, 128)]}[size]
+
+
+def run(size: str = "small") -> dict:
+    """Times every VGG-11 conv layer of each (width, batch) of ``size``.
+
+    Args:
+      size: "tiny" (the 2x2 layers of width 0.25 only), "small" or "large".
+
+    Returns:
+      {"name", "rows", "notes", "environment"}.
+    """
+    env = common.environment()
+    reps = REPS[common.check_size(size)]
+    rows, notes = [], []
+    for width, batch in grid(size):
+        shapes = list(enumerate(layer_shapes(width)))
+        if size == "tiny":
+            shapes = [s for s in shapes if s[1][0] == 2][:1]
+        layer_rows = []
+        for i, (hw, cin, cout) in shapes:
+            layer_rows.append({"width": width, "layer": f"conv{i}",
+                               **time_layer(hw, cin, cout, batch, reps)})
+        rows += layer_rows
+        xla = sum(r["xla_ms"] for r in layer_rows)
+        small_maps = sum(r["xla_ms"] for r in layer_rows if r["hw"] < 3)
+        best = sum(min(r["xla_ms"], r["im2col_ms"]) for r in layer_rows)
+        notes.append(
+            f"width {width:g}, batch {batch}: convs fwd+bwd {xla:.0f} ms with XLA's conv, "
+            f"{100 * small_maps / xla:.0f}% of it in the 2x2-map layers; "
+            f"{best:.0f} ms taking the faster form per layer.")
+    steps = [step_with_and_without(wl.CnnSpec("vgg11", w, b), size)
+             for w, b in grid(size) if size != "tiny"]
+    for r in steps:
+        notes.append(
+            f"Whole train step {r['workload']}: {r['xla_step_ms']:.0f} ms with XLA's conv, "
+            f"{r['im2col_2x2_step_ms']:.0f} ms with the 2x2-map convs as im2col "
+            f"(paired speedup {r['speedup']:.2f}x, IQR {r['speedup_q1']:.2f}-"
+            f"{r['speedup_q3']:.2f}, {r['reps']} rounds).")
+    notes += [
+        "xla_ms / im2col_ms: median of jit(grad wrt input and kernel) per call "
+        f"({reps} reps after warm-up); gflop counts forward + both gradients; "
+        "max_rel_diff: forward outputs of the two forms, max |diff| / max |output|.",
+    ]
+    return common.result(NAME, rows, notes, env, train_steps=steps,
+                         columns=["width", "layer", "hw", "cin", "cout", "batch", "xla_ms",
+                                  "im2col_ms", "speedup", "xla_gflop_s", "im2col_gflop_s",
+                                  "max_rel_diff"])
+
+
+def main() -> None:
+    common.cli(run, __doc__.splitlines()[0])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Data-parallel scaling of the train step over 1, 2 and 4 devices.
+
+On a CPU the devices are forced host devices
+(``--xla_force_host_platform_device_count``) sharing the same cores, so this
+measures the overhead of the sharded step (collectives, partitioning), not a
+speed-up: the ideal is a time ratio of 1.0 at every device count. On a GPU host
+the same command measures real multi-GPU scaling (devices = the real ones).
+
+Each device count runs in its own process, since the host device count is
+fixed when JAX starts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from benchmarks import common
+
+_DEVICE_COUNTS = {"tiny": (1, 2), "small": (1, 2, 4), "large": (1, 2, 4)}
+_BATCHES = {"tiny": (32,), "small": (32, 128), "large": (32, 128)}
+
+
+def _worker(num_devices: int, batch: int, size: str) -> dict:
+    import jax
+
+    from configs import base
+    from wormjax.training import distributed
+    from wormjax.training import image_task
+    from wormjax.training import state as state_lib
+    from wormjax.training import steps as steps_lib
+
+    config = base.get_config()
+    config.data.name = "digits"
+    config.model.width = 0.25
+    config.optim.batch_size = batch
+    task = image_task.ImageTask(config)
+    parallel = distributed.make_data_parallel(num_devices)
+    tx = state_lib.make_optimizer(config.optim, task.selector)
+    fns = steps_lib.make_steps(task.forward, tx)
+    state = parallel.replicate(state_lib.create_train_state(
+        task.init_variables(0), tx, 0))
+    layout = task.selector(state.params)
+    trunc = parallel.replicate(steps_lib.inactive_truncation(layout.num_entries))
+    host = next(iter(task.train_batches(0, 0)))
+    batch_dev = parallel.put_batch(host)
+    acc = parallel.replicate(steps_lib.zero_metrics())
+    holder = {"state": state, "acc": acc}
+
+    def window(steps=8):
+        for _ in range(steps):
+            holder["state"], holder["acc"] = fns.train(holder["state"], batch_dev,
+                                                       trunc, holder["acc"])
+        jax.block_until_ready(holder["acc"])
+
+    reps = 5 if size != "tiny" else 2
+    samples = [s / 8 for s in common.repeat(window, reps)]
+    return {"devices": num_devices, "batch": batch,
+            "step_ms": common.summarize([1e3 * s for s in samples])}
+
+
+def run(size: str) -> dict:
+    """Step time per device count and its ratio to one device."""
+    import jax
+
+    common.check_size(size)
+    env = common.environment()
+    on_cpu = jax.default_backend() == "cpu"
+    counts = [n for n in _DEVICE_COUNTS[size] if on_cpu or n <= jax.device_count()]
+    rows = []
+    for batch in _BATCHES[size]:
+        base_ms = None
+        for n in counts:
+            proc_env = dict(os.environ)
+            if on_cpu:
+                proc_env["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                         f" --xla_force_host_platform_device_count={n}")
+            out = subprocess.run(
+                [sys.executable, "-m", "benchmarks.bench_scaling", "--worker", str(n),
+                 str(batch), size], cwd=common.REPO_ROOT, env=proc_env,
+                capture_output=True, text=True, timeout=1200)
+            if out.returncode != 0:
+                raise RuntimeError(f"scaling worker failed: {out.stderr[-2000:]}")
+            res = json.loads(out.stdout.strip().splitlines()[-1])
+            median = res["step_ms"]["median"]
+            base_ms = base_ms or median
+            rows.append({"model": "cifar_vgg11 w0.25", "global_batch": batch,
+                         "devices": n, "step_ms": median,
+                         "step_ms_iqr": res["step_ms"].get("iqr"),
+                         "time_ratio_vs_1": median / base_ms,
+                         "efficiency": base_ms / median})
+    notes = ["Fixed global batch split over the devices (strong scaling).",
+             "On CPU the devices are forced host devices on the same cores: the "
+             "ratio measures the overhead of the sharded step; ideal is 1.0."]
+    return common.result("data_parallel_scaling", rows, notes, env)
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        n, batch, size = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+        print(json.dumps(_worker(n, batch, size)))
+        return
+    common.cli(run, __doc__.splitlines()[0])
+
+
+if __name__ == "__main__":
+    main()

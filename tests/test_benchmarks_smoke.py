@@ -1,0 +1,63 @@
+"""The benchmark suite imports, and one bench runs end to end at micro size.
+
+Structure only: no timing is asserted (the suite's figures are machine-dependent).
+"""
+
+import importlib
+import pathlib
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # benchmarks/ is a package beside wormjax/
+    sys.path.insert(0, str(REPO))
+
+BENCH_MODULES = sorted(p.stem for p in (REPO / "benchmarks").glob("bench_*.py"))
+OURS = ("bench_train_step", "bench_torch", "bench_worm_overhead", "bench_eb_update",
+        "bench_input_pipeline", "bench_compile", "bench_roofline", "bench_conv_layers",
+        "bench_xla_flags")
+
+
+def test_every_bench_is_present():
+    assert set(OURS) <= set(BENCH_MODULES)
+
+
+@pytest.mark.parametrize("name", BENCH_MODULES)
+def test_bench_module_imports(name):
+    module = importlib.import_module(f"benchmarks.{name}")
+    if name in OURS:
+        assert callable(module.run) and callable(module.main)
+
+
+def test_run_all_discovers_builtin_order():
+    run_all = importlib.import_module("benchmarks.run_all")
+    names = run_all.discover()
+    assert names[0] == "train_step"
+    assert [n for n in names if n in run_all.ORDER] == list(run_all.ORDER)
+
+
+def test_summarize_and_table():
+    common = importlib.import_module("benchmarks.common")
+    stats = common.summarize([4.0, 1.0, 3.0, 2.0, 5.0])
+    assert (stats["n"], stats["median"], stats["q1"], stats["q3"]) == (5, 3.0, 2.0, 4.0)
+    assert (stats["min"], stats["max"], stats["iqr"]) == (1.0, 5.0, 2.0)
+    table = common.markdown_table([{"a": 1.23456, "b": None, "c": [1, 2]}, {"a": 12345.0}])
+    assert table.splitlines() == ["| a | b |", "|---|---|", "| 1.23 | - |", "| 12,345 | - |"]
+    with pytest.raises(ValueError, match="size must be one of"):
+        common.check_size("huge")
+
+
+def test_eb_update_bench_runs_tiny():
+    bench = importlib.import_module("benchmarks.bench_eb_update")
+    res = bench.run("tiny")
+    assert res["name"] == "eb_update"
+    assert isinstance(res["notes"], list) and res["notes"]
+    assert [r["representative"] for r in res["rows"]] == ["vgg11 w0.25 BN", "tiny BERT Q/K"]
+    for row in res["rows"]:
+        assert row["entries"] > 0 and row["update_ms"] > 0 and row["sort_mask_ms"] > 0
+        assert row["masks_equal"] is True  # the library's mask is the sort-based one
+        assert row["update_share_of_epoch_pct"] is None  # tiny measures no epoch
+    assert res["rows"][0]["entries"] == 688  # 2,752 BN channels at width 0.25
+    text = importlib.import_module("benchmarks.common").to_markdown(res)
+    assert "| representative |" in text
