@@ -153,7 +153,7 @@ def test_missing_cifar_says_both_ways_to_get_it(tmp_path):
 
 @pytest.mark.slow
 def test_launch_entry_point_with_overrides(tmp_path):
-    cmd = [sys.executable, "launch.py", "--config=configs/quickstart.py",
+    cmd = [sys.executable, "launch.py", "--config=configs/quickstart.py", "--jax_cache_dir=",
            f"--workdir={tmp_path}", "--config.model.width=0.0625",
            "--config.data.train_limit=128", "--config.data.eval_limit=64",
            "--config.search.window=2", "--config.search.max_epochs=2",
