@@ -193,6 +193,23 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def run(size: str) -> dict:
+    """The ``run_all`` entry point: every model at the size's widths, batch 32."""
+    from benchmarks import common  # noqa: PLC0415 - the suite's shared helpers
+
+    env = common.environment()
+    widths, reps, steps = SIZES["small" if size == "tiny" else size]
+    if size == "tiny":
+        reps, steps = 1, 1
+    rows = []
+    for name in MODELS:
+        for width in widths:
+            rows += bench_one(name, width, 32, reps, steps, (1,))
+    notes = [f"Global BN mask at p = {PRUNE_RATIO} on a random init whose BN scales "
+             "are |N(0, 1)|; speedup = dense / compact median step time, paired."]
+    return common.result("structured", rows, notes, env)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="small",
