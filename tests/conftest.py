@@ -15,3 +15,14 @@ def shared_data(*parts: str) -> str | None:
             if candidate.exists():
                 return str(candidate)
     return None
+
+
+def set_fields(config, overrides: dict):
+    """Sets dotted config fields (``{"search.window": 2}``), as the CLI would."""
+    for key, value in overrides.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    return config

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from conftest import set_fields
 from configs import quickstart
 from wormjax import checkpoint as ckpt_lib
 from wormjax import experiment
@@ -29,13 +30,7 @@ def tiny_config(**overrides):
     c.retrain.target = 1.5  # never reached: both retraining epochs always run
     c.log_every_steps = 4
     c.progress_bar = False
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return set_fields(c, overrides)
 
 
 def _strip_timing(obj):

@@ -11,6 +11,7 @@ import pytest
 from safetensors.numpy import save_file
 
 import wormjax
+from conftest import set_fields
 from configs import bert_base
 from configs import bert_rte_worm
 from wormjax import checkpoint as ckpt_lib
@@ -107,13 +108,7 @@ def tiny_config(files, **overrides):
     c.experiment.placements = "gradient,update"
     c.log_every_steps = 0
     c.progress_bar = False
-    for key, value in overrides.items():
-        node = c
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return c
+    return set_fields(c, overrides)
 
 
 @pytest.fixture(scope="module")
