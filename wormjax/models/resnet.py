@@ -102,6 +102,16 @@ def _check_residual_groups(chans: tuple[int, ...], model_name: str) -> None:
             )
 
 
+def _conv(features: int, kernel: int, stride: int, pad: int, dtype: Any,
+          name: str) -> nn.Conv:
+    """A bias-free square conv with torch's initialisation and padding."""
+    # Explicit symmetric padding: 'SAME' pads stride-2 convs on one side only,
+    # unlike torch.
+    return nn.Conv(features, (kernel, kernel), strides=(stride, stride),
+                   padding=((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
+                   kernel_init=common.conv_kernel_init, name=name)
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convs with BN and an identity or 1x1-conv+BN shortcut."""
 
@@ -116,18 +126,7 @@ class BasicBlock(nn.Module):
         """Returns relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))."""
 
         def conv(features, kernel, stride, pad, name):
-            # Explicit symmetric padding: 'SAME' pads stride-2 convs on one side only,
-            # unlike torch.
-            return nn.Conv(
-                features,
-                (kernel, kernel),
-                strides=(stride, stride),
-                padding=((pad, pad), (pad, pad)),
-                use_bias=False,
-                dtype=self.dtype,
-                kernel_init=common.conv_kernel_init,
-                name=name,
-            )
+            return _conv(features, kernel, stride, pad, self.dtype, name)
 
         y = conv(self.mid_channels, 3, self.stride, 1, "conv1")(x)
         y = nn.relu(common.batch_norm(train, "bn1", self.dtype)(y))
@@ -172,16 +171,7 @@ class _ResNet18(nn.Module):
         chans = iter(self.bn_channels())
         x = jnp.asarray(x_BHWC, self.dtype)
         kernel, stride, pad = (7, 2, 3) if self.imagenet_stem else (3, 1, 1)
-        x = nn.Conv(
-            next(chans),
-            (kernel, kernel),
-            strides=(stride, stride),
-            padding=((pad, pad), (pad, pad)),
-            use_bias=False,
-            dtype=self.dtype,
-            kernel_init=common.conv_kernel_init,
-            name="conv1",
-        )(x)
+        x = _conv(next(chans), kernel, stride, pad, self.dtype, "conv1")(x)
         x = nn.relu(common.batch_norm(train, "bn1", self.dtype)(x))
         if self.imagenet_stem:
             # Padding with -inf, as torch's MaxPool2d(3, 2, padding=1) does.
