@@ -308,3 +308,25 @@ def test_small_map_conv_equals_xla_conv_forward_and_gradients(hw):
              for f in (ref, small)]
     for a, b in zip(*grads):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (2, 7, 5, 4), (1, 2, 2, 1)])
+def test_max_pool_2x2_equals_flax_max_pool(shape):
+    import flax.linen as nn
+
+    x = jax.random.normal(jax.random.PRNGKey(0), shape)  # continuous: no tied maxima
+    ref = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))  # noqa: E731
+    np.testing.assert_array_equal(common.max_pool_2x2(x), ref(x))
+    g = jax.random.normal(jax.random.PRNGKey(1), ref(x).shape)
+    grads = [jax.grad(lambda x, f=f: jnp.vdot(f(x), g))(x)
+             for f in (ref, common.max_pool_2x2)]
+    np.testing.assert_array_equal(grads[1], grads[0])
+
+
+def test_max_pool_2x2_splits_the_gradient_of_tied_maxima():
+    x = jnp.array([[1.0, 3.0], [3.0, 2.0]]).reshape(1, 2, 2, 1)
+    grad = jax.grad(lambda x: common.max_pool_2x2(x).sum())(x)
+    np.testing.assert_array_equal(grad.reshape(2, 2), [[0.0, 0.5], [0.5, 0.0]])
+    relu_first = jax.grad(lambda x: common.max_pool_2x2(jax.nn.relu(x)).sum())(
+        jnp.zeros((1, 2, 2, 1)))  # all-zero window behind a ReLU: no gradient at all
+    np.testing.assert_array_equal(relu_first, jnp.zeros((1, 2, 2, 1)))

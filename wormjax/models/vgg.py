@@ -65,7 +65,7 @@ def _features(
     conv_index = 0
     for v in cfg:
         if v == "M":
-            x = nn.max_pool(x, (2, 2), strides=(2, 2))
+            x = common.max_pool_2x2(x)
             continue
         x = nn.Conv(
             chans[conv_index],
