@@ -70,8 +70,9 @@ def run(size: str = "small") -> dict:
         "window (3 steps already ran after compilation).",
         "Rows ending 'bfloat16' (large mode on an accelerator only): compute dtype "
         "bfloat16 (config model.dtype), parameters and optimizer state float32.",
-        "Width 1.0 VGG-11 on CPU: its two 3x3 convs on the 2x2 map dominate (XLA CPU "
-        "slow path, see bench conv_layers).",
+        "VGG-11 on CPU runs its two 3x3 convs on the 2x2 map as im2col + matmul "
+        "(XLA's conv takes a slow path there; see bench conv_layers); every other "
+        "conv is XLA's (bench conv_kernels compares them with PyTorch's, pass by pass).",
     ]
     return common.result(NAME, rows, notes, env, columns=list(COLUMNS))
 

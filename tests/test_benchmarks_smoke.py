@@ -3,6 +3,7 @@
 Structure only: no timing is asserted (the suite's figures are machine-dependent).
 """
 
+import collections
 import importlib
 import pathlib
 import sys
@@ -16,7 +17,7 @@ if str(REPO) not in sys.path:  # benchmarks/ is a package beside wormjax/
 BENCH_MODULES = sorted(p.stem for p in (REPO / "benchmarks").glob("bench_*.py"))
 OURS = ("bench_train_step", "bench_torch", "bench_worm_overhead", "bench_eb_update",
         "bench_input_pipeline", "bench_compile", "bench_roofline", "bench_conv_layers",
-        "bench_xla_flags")
+        "bench_xla_flags", "bench_conv_kernels")
 
 
 def test_every_bench_is_present():
@@ -61,3 +62,56 @@ def test_eb_update_bench_runs_tiny():
     assert res["rows"][0]["entries"] == 688  # 2,752 BN channels at width 0.25
     text = importlib.import_module("benchmarks.common").to_markdown(res)
     assert "| representative |" in text
+
+
+def _conv_calls(model_name: str, width: float) -> collections.Counter:
+    """(input map, cin, cout, kernel, stride) of every nn.Conv call of a wormjax CNN."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from wormjax import models
+
+    calls = collections.Counter()
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, nn.Conv) and context.method_name == "__call__":
+            x, conv = args[0], context.module
+            strides = conv.strides if conv.strides is not None else 1
+            stride = strides if isinstance(strides, int) else strides[0]
+            calls[(x.shape[1], x.shape[-1], conv.features, conv.kernel_size[0],
+                   stride)] += 1
+        return next_fun(*args, **kwargs)
+
+    model = models.create_cnn(model_name, num_classes=10, width=width)
+    with nn.intercept_methods(record):
+        jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                          jnp.zeros((1, 32, 32, 3)), train=False))
+    return calls
+
+
+@pytest.mark.parametrize("width", [1.0, 0.25])
+def test_conv_kernel_shapes_are_the_models_convs(width):
+    bench = importlib.import_module("benchmarks.bench_conv_kernels")
+    for model_name, shapes in (("cifar_vgg11", bench.vgg11_shapes(width)),
+                               ("cifar_resnet18", bench.resnet18_shapes(width))):
+        listed = collections.Counter()
+        for s in shapes:
+            listed[(s.hw, s.cin, s.cout, s.kernel, s.stride)] += s.count
+        assert listed == _conv_calls(model_name, width), model_name
+    assert sum(s.count for s in bench.resnet18_shapes(width)) == 20
+
+
+def test_conv_kernels_bench_runs_tiny():
+    bench = importlib.import_module("benchmarks.bench_conv_kernels")
+    res = bench.run("tiny")
+    assert res["name"] == "conv_kernels"
+    assert len(res["rows"]) == 8 + 11  # VGG-11's convs + ResNet-18's distinct shapes
+    for row in res["rows"]:
+        passes = ("fwd", "dw") if row["cin"] == 3 else ("fwd", "dx", "dw")
+        assert {f"xla_{p}_ms" for p in passes} <= set(row)
+        assert ("xla_dx_ms" in row) == (row["cin"] != 3)
+        if bench.TORCH_AVAILABLE:  # both sides computed the same numbers
+            assert row["max_rel_diff"] < 1e-4, row
+            assert all(row[f"ratio_{p}"] > 0 for p in passes)
+    assert len(res["notes"]) >= 2 and "conv time of one step" in res["notes"][0]
