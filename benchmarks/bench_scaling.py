@@ -1,10 +1,11 @@
 """Data-parallel scaling of the train step over 1, 2 and 4 devices.
 
 On a CPU the devices are forced host devices
-(``--xla_force_host_platform_device_count``) sharing the same cores, so this
-measures the overhead of the sharded step (collectives, partitioning), not a
-speed-up: the ideal is a time ratio of 1.0 at every device count. On a GPU host
-the same command measures real multi-GPU scaling (devices = the real ones).
+(``--xla_force_host_platform_device_count``) sharing the same cores. There it
+measures two things at once: the overhead of the sharded step (collectives,
+partitioning), and how many more cores the per-device programs keep busy than
+XLA:CPU's own threading does for one device. On a GPU host the same command
+measures real multi-GPU scaling (devices = the real ones).
 
 Each device count runs in its own process, since the host device count is
 fixed when JAX starts.
@@ -20,10 +21,18 @@ import sys
 from benchmarks import common
 
 _DEVICE_COUNTS = {"tiny": (1, 2), "small": (1, 2, 4), "large": (1, 2, 4)}
-_BATCHES = {"tiny": (32,), "small": (32, 128), "large": (32, 128)}
+# (model, width, global batch) per size.
+_WORKLOADS = {
+    "tiny": (("cifar_vgg11", 0.25, 32),),
+    "small": (("cifar_vgg11", 0.25, 32), ("cifar_vgg11", 0.25, 128),
+              ("cifar_resnet18", 0.25, 32)),
+    "large": (("cifar_vgg11", 0.25, 32), ("cifar_vgg11", 0.25, 128),
+              ("cifar_resnet18", 0.25, 32), ("cifar_vgg11", 1.0, 32),
+              ("cifar_resnet18", 1.0, 32)),
+}
 
 
-def _worker(num_devices: int, batch: int, size: str) -> dict:
+def _worker(num_devices: int, model: str, width: float, batch: int, size: str) -> dict:
     import jax
 
     from configs import base
@@ -34,7 +43,8 @@ def _worker(num_devices: int, batch: int, size: str) -> dict:
 
     config = base.get_config()
     config.data.name = "digits"
-    config.model.width = 0.25
+    config.model.name = model
+    config.model.width = width
     config.optim.batch_size = batch
     task = image_task.ImageTask(config)
     parallel = distributed.make_data_parallel(num_devices)
@@ -56,7 +66,8 @@ def _worker(num_devices: int, batch: int, size: str) -> dict:
         jax.block_until_ready(holder["acc"])
 
     reps = 5 if size != "tiny" else 2
-    samples = [s / 8 for s in common.repeat(window, reps)]
+    steps = 8 if width < 1 else 3
+    samples = [s / steps for s in common.repeat(lambda: window(steps), reps)]
     return {"devices": num_devices, "batch": batch,
             "step_ms": common.summarize([1e3 * s for s in samples])}
 
@@ -70,7 +81,7 @@ def run(size: str) -> dict:
     on_cpu = jax.default_backend() == "cpu"
     counts = [n for n in _DEVICE_COUNTS[size] if on_cpu or n <= jax.device_count()]
     rows = []
-    for batch in _BATCHES[size]:
+    for model, width, batch in _WORKLOADS[size]:
         base_ms = None
         for n in counts:
             proc_env = dict(os.environ)
@@ -79,28 +90,32 @@ def run(size: str) -> dict:
                                          f" --xla_force_host_platform_device_count={n}")
             out = subprocess.run(
                 [sys.executable, "-m", "benchmarks.bench_scaling", "--worker", str(n),
-                 str(batch), size], cwd=common.REPO_ROOT, env=proc_env,
+                 model, str(width), str(batch), size], cwd=common.REPO_ROOT, env=proc_env,
                 capture_output=True, text=True, timeout=1200)
             if out.returncode != 0:
                 raise RuntimeError(f"scaling worker failed: {out.stderr[-2000:]}")
             res = json.loads(out.stdout.strip().splitlines()[-1])
             median = res["step_ms"]["median"]
             base_ms = base_ms or median
-            rows.append({"model": "cifar_vgg11 w0.25", "global_batch": batch,
+            rows.append({"model": f"{model} w{width:g}", "global_batch": batch,
                          "devices": n, "step_ms": median,
                          "step_ms_iqr": res["step_ms"].get("iqr"),
                          "time_ratio_vs_1": median / base_ms,
                          "efficiency": base_ms / median})
-    notes = ["Fixed global batch split over the devices (strong scaling).",
-             "On CPU the devices are forced host devices on the same cores: the "
-             "ratio measures the overhead of the sharded step; ideal is 1.0."]
+    notes = ["Fixed global batch split over the devices (strong scaling); each device "
+             "count in its own process, run one after another (not interleaved).",
+             "On CPU the devices are forced host devices sharing the same cores. "
+             "efficiency > 1 there means the split step keeps more cores busy than "
+             "XLA:CPU's own threading does for one device (a CPU-only lever); < 1 is "
+             "the overhead of the sharded step (collectives, partitioning)."]
     return common.result("data_parallel_scaling", rows, notes, env)
 
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        n, batch, size = int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-        print(json.dumps(_worker(n, batch, size)))
+        n, model, width = int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+        batch, size = int(sys.argv[5]), sys.argv[6]
+        print(json.dumps(_worker(n, model, width, batch, size)))
         return
     common.cli(run, __doc__.splitlines()[0])
 
