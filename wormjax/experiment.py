@@ -22,6 +22,7 @@ from wormjax import checkpoint as ckpt_lib
 from wormjax import plots
 from wormjax import report
 from wormjax import search as search_lib
+from wormjax import tables as tables_lib
 from wormjax.training import distributed
 from wormjax.training import run as run_lib
 from wormjax.training import state as state_lib
@@ -225,12 +226,12 @@ def run_experiment(config, workdir: str, *, print_fn=print) -> dict:
             report.write_summary(os.path.join(run_dir, "summary.json"), run_summary)
             summaries.append(run_summary)
 
-    tables = {"comparison": report.comparison_table(
+    tables = {"comparison": tables_lib.comparison_table(
         summaries, max_retrain_epochs=config.retrain.max_epochs)}
     if task.kind == "text":  # the paper's Tables IV-VI
-        tables["glue"] = report.glue_table(summaries)
+        tables["glue"] = tables_lib.glue_table(summaries)
     if any(s["schedule"] == "always" for s in summaries):
-        tables["sweep"] = report.sweep_table(
+        tables["sweep"] = tables_lib.sweep_table(
             summaries, max_retrain_epochs=config.retrain.max_epochs)
     records = [r for s in summaries for r in s["trajectory"]]
     plots.plot_mask_distance(records, os.path.join(workdir, "mask_distance.png"),

@@ -1,0 +1,210 @@
+"""The paper's result tables (I-VI) from run summaries, as Markdown text.
+
+Each function takes the plain-dict run summaries that ``wormjax.training.run``
+writes (one per variant and seed) and returns a pipe table that also reads well
+in a terminal: the EB-vs-WORM comparison (Tables II and III), the truncation-ratio
+sweep (Table I) and the GLUE blocks (Tables IV-VI). Several seeds of a variant
+become mean ± sample standard deviation. Pure Python and numpy.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+__all__ = ["comparison_table", "sweep_table", "glue_table"]
+
+
+def _values(runs: Sequence[dict], key) -> list[float]:
+    """Non-None values of ``key`` (a name or a callable) over runs."""
+    out = [key(r) if callable(key) else r.get(key) for r in runs]
+    return [float(v) for v in out if v is not None]
+
+
+def _stat(values: Sequence[float], fmt: str, scale: float = 1.0, suffix: str = "",
+          sign: bool = False) -> str:
+    """Mean +- sample std (ddof=1) of ``values``; just the value for one; '-' for none."""
+    if not values:
+        return "-"
+    x = np.asarray(values, dtype=float) * scale
+    spec = ("+" if sign else "") + fmt
+    if len(x) == 1:
+        return f"{x[0]:{spec}}{suffix}"
+    return f"{x.mean():{spec}} ± {x.std(ddof=1):{fmt}}{suffix}"
+
+
+def _count(values: Sequence[float]) -> str:
+    # Epoch counts: integers for one seed (as the paper prints them), one decimal for a mean.
+    if len(values) == 1 and float(values[0]).is_integer():
+        return str(int(values[0]))
+    return _stat(values, ".1f")
+
+
+def _pct(values: Sequence[float], sign: bool = False) -> str:
+    return _stat(values, ".2f", 100.0, "%", sign)
+
+
+def _seconds(values: Sequence[float]) -> str:
+    return _stat(values, ".0f", suffix="s")
+
+
+def _total_time(run: dict) -> float | None:
+    return (run.get("times") or {}).get("total")
+
+
+def _restore(runs: Sequence[dict], max_epochs: int | None) -> str:
+    reached = _values(runs, "restore_epochs")
+    missed = len(runs) - len(reached)
+    never = f">{max_epochs}" if max_epochs is not None else ">max"
+    if not reached:
+        return never
+    cell = _count(reached)
+    return cell if not missed else f"{cell} ({missed}/{len(runs)} {never})"
+
+
+def _converged(runs: Sequence[dict]) -> str:
+    return f"{sum(bool(r.get('converged')) for r in runs)}/{len(runs)}"
+
+
+def _restore_header(summaries: Sequence[dict]) -> str:
+    targets = {(t.get("kind"), t.get("value"))
+               for t in (s.get("restore_target") for s in summaries) if t}
+    if len(targets) != 1:
+        return "Restore Epochs" + (" (mixed targets)" if targets else "")
+    kind, value = targets.pop()
+    if kind == "absolute":
+        return f"{100 * value:g}% Restore Epochs"
+    return f"Restore Epochs (>={value:g} x pre)"
+
+
+def _group(summaries: Iterable[dict], key: str) -> dict[Any, list[dict]]:
+    groups: dict[Any, list[dict]] = {}
+    for s in summaries:
+        groups.setdefault(s.get(key), []).append(s)
+    return groups
+
+
+def _labels(groups: dict[str, list[dict]]) -> dict[str, str]:
+    """The paper's names for variants; the variant name wherever they would collide."""
+    names = {"none": "EB Train", "worm": "WORM"}
+    labels = {v: names.get(runs[0].get("schedule"), v) for v, runs in groups.items()}
+    counts = collections.Counter(labels.values())
+    return {v: (f"{lab} ({v})" if counts[lab] > 1 and lab != v else lab)
+            for v, lab in labels.items()}
+
+
+def _render(headers: Sequence[str], rows: Sequence[Sequence[str]], notes=()) -> str:
+    """A Markdown pipe table, padded so it also reads well in a terminal."""
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
+    line = lambda cells: "| " + " | ".join(f"{c:<{w}}" for c, w in zip(cells, widths)) + " |"
+    out = [line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [line(r) for r in rows]
+    return "\n".join(out + [n for n in notes if n])
+
+
+def _not_reached_note(summaries: Sequence[dict]) -> str:
+    if all(s.get("restore_epochs") is not None for s in summaries):
+        return ""
+    return ("Restore epochs: mean over the runs that reached the target; '>N' / '>max' "
+            "counts the runs that did not within the retraining budget (excluded).")
+
+
+def comparison_table(summaries: Sequence[dict], max_retrain_epochs: int | None = None) -> str:
+    """EB Train vs WORM in the layout of the paper's Tables II and III.
+
+    Args:
+      summaries: run summaries; one row per variant, mean ± sample std over seeds.
+      max_retrain_epochs: shown as '>N' for runs that never reached the target.
+
+    Returns:
+      The table as a string.
+    """
+    groups = _group(summaries, "variant")
+    labels = _labels(groups)
+    headers = ["Algorithm", "Ticket Search Epoch Count", "Pre-Pruned Acc.", "Post-Prune Acc.",
+               "Retrain Acc. after One Epoch", _restore_header(summaries), "Total Time",
+               "Converged"]
+    rows = [[labels[v], _count(_values(runs, "ticket_epoch")),
+             _pct(_values(runs, "pre_prune_accuracy")),
+             _pct(_values(runs, "post_prune_accuracy")),
+             _pct(_values(runs, "retrain_accuracy_after_one_epoch")),
+             _restore(runs, max_retrain_epochs),
+             _seconds(_values(runs, _total_time)),
+             _converged(runs)] for v, runs in groups.items()]
+    return _render(headers, rows, [_not_reached_note(summaries)])
+
+
+def sweep_table(summaries: Sequence[dict], max_retrain_epochs: int | None = None) -> str:
+    """The truncation-ratio sweep in the layout of the paper's Table I.
+
+    Runs with schedule "always" form one row per r; schedule "none" (EB Train) is the
+    r = 1 row whatever its configured ratio, since it never truncates.
+
+    Args:
+      summaries: run summaries; other schedules are ignored.
+      max_retrain_epochs: shown as '>N' for runs that never reached the target.
+
+    Returns:
+      The table as a string, rows by decreasing r.
+    """
+    by_ratio: dict[float, list[dict]] = {}
+    for s in summaries:
+        if s.get("schedule") in ("always", "none"):
+            r = 1.0 if s["schedule"] == "none" else float(s["truncation_ratio"])
+            by_ratio.setdefault(r, []).append(s)
+    chosen = [s for runs in by_ratio.values() for s in runs]
+    headers = ["Truncation Parameter (r)", "Ticket Search Epoch Count", "Post-Prune Accuracy",
+               _restore_header(chosen), "Total Execution Time", "Converged"]
+    rows = [[f"r = {r:g}", _count(_values(runs, "ticket_epoch")),
+             _pct(_values(runs, "post_prune_accuracy")), _restore(runs, max_retrain_epochs),
+             _seconds(_values(runs, _total_time)),
+             _converged(runs)] for r, runs in sorted(by_ratio.items(), reverse=True)]
+    return _render(headers, rows, [_not_reached_note(chosen)])
+
+
+def _gain(run: dict) -> float | None:
+    after, pre = run.get("retrain_accuracy_after_one_epoch"), run.get("pre_prune_accuracy")
+    return None if after is None or pre is None else after - pre
+
+
+def glue_table(summaries: Sequence[dict], baselines: dict[str, float] | None = None) -> str:
+    """GLUE results in the layout of the paper's Tables IV-VI: one block per variant.
+
+    Columns are tasks (a summary's ``task`` key; "all" without one). The gain is
+    after-one-epoch minus pre-prune accuracy, per run, then averaged. "Time to Prune
+    and Re-train" is the total wall time (search start to the restore target).
+
+    Args:
+      summaries: run summaries.
+      baselines: optional task -> reference accuracy, printed as a "SOTA Baseline" row.
+
+    Returns:
+      The tables as a string, blocks separated by a blank line.
+    """
+    groups = _group(summaries, "variant")
+    labels = _labels(groups)
+    metrics = [
+        ("Pre-Pruned Accuracy", lambda rs: _pct(_values(rs, "pre_prune_accuracy"))),
+        ("Epochs to Prune", lambda rs: _count(_values(rs, "ticket_epoch"))),
+        ("Pruned Accuracy", lambda rs: _pct(_values(rs, "post_prune_accuracy"))),
+        ("Accuracy after 1 Epoch of Retraining",
+         lambda rs: _pct(_values(rs, "retrain_accuracy_after_one_epoch"))),
+        ("Accuracy Gain after 1 Epoch", lambda rs: _pct(_values(rs, _gain), sign=True)),
+        ("Time to Prune and Re-train",
+         lambda rs: _seconds(_values(rs, _total_time))),
+        ("Converged", _converged),
+    ]
+    blocks = []
+    for variant, runs in groups.items():
+        tasks = _group(runs, "task")
+        names = [t if t is not None else "all" for t in tasks]
+        rows = []
+        if baselines:
+            rows.append(["SOTA Baseline"] + [
+                _pct([baselines[t]]) if t in baselines else "-" for t in tasks])
+        rows += [[name] + [fn(task_runs) for task_runs in tasks.values()]
+                 for name, fn in metrics]
+        blocks.append(_render([labels[variant]] + names, rows))
+    return "\n\n".join(blocks)
