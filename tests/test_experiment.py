@@ -65,7 +65,10 @@ def test_pipeline_outputs_and_metrics(reference_run):
         assert 0.0 <= run["pre_prune_accuracy"] <= 1.0
         assert run["post_prune_accuracy"] is not None
         assert run["restore_epochs"] is None  # target 1.5 is unreachable
-        assert run["flops"]["training_flops_spent"] > 0
+        flops = run["flops"]  # images: one batch shape, so the mean is the figure
+        assert flops["dense_train_forward_per_example"] == flops["dense_forward_per_example"]
+        assert flops["training_flops_spent"] == pytest.approx(
+            3 * flops["dense_forward_per_example"] * run["examples_trained"])
         assert run["params"]["pruned"] < run["params"]["dense"]
     # One compilation per step kind over the whole experiment.
     counts = payload["compile_counts"]

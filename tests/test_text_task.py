@@ -239,6 +239,21 @@ def test_configs_share_the_bert_defaults():
             assert c.data.dir == ""
 
 
+def test_train_flops_are_the_batch_weighted_mean_over_buckets(task):
+    variables = task.init_variables(0)
+    by_length = {L: task.forward_flops_per_example(variables, L) for L in BUCKETS}
+    assert by_length[BUCKETS[0]] < by_length[BUCKETS[-1]]  # shorter bucket, fewer FLOPs
+    assert task.forward_flops_per_example(variables) == by_length[BUCKETS[-1]]
+    counts = task.train_batches_per_length
+    assert sum(counts.values()) == task.steps_per_epoch and set(counts) == set(BUCKETS)
+    lengths = [b["input_ids"].shape[1] for b in task.train_batches(0, 0)]
+    assert counts == {L: lengths.count(L) for L in BUCKETS}
+    expected = sum(counts[L] * by_length[L] for L in BUCKETS) / task.steps_per_epoch
+    mean = task.train_forward_flops_per_example(variables, by_length[BUCKETS[-1]])
+    assert mean == pytest.approx(expected, rel=1e-12)
+    assert by_length[BUCKETS[0]] < mean < by_length[BUCKETS[-1]]
+
+
 # -- the real entry point ------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -261,7 +276,11 @@ def test_text_experiment_outputs_and_glue_table(text_run):
         assert 0.0 <= run["pre_prune_accuracy"] <= 1.0
         assert run["retrain_accuracy_after_one_epoch"] is not None
         assert run["params"]["pruned"] < run["params"]["dense"]
-        assert run["flops"]["dense_forward_per_example"] > 0
+        flops = run["flops"]
+        assert flops["dense_forward_per_example"] > flops["dense_train_forward_per_example"]
+        # 3 forward passes' worth per trained example, at the epoch's mean bucket.
+        assert flops["training_flops_spent"] == pytest.approx(
+            3 * flops["dense_train_forward_per_example"] * run["examples_trained"])
     glue = payload["tables"]["glue"]
     assert "Pre-Pruned Accuracy" in glue and "rte" in glue and "WORM" in glue
     assert any("Epochs to Prune" in text for text in printed)

@@ -112,10 +112,12 @@ def _build_resources(config, task, parallel) -> run_lib.RunResources:
             config.optim, task.selector, total_steps=total_steps, placement=placement)
         steps[placement] = steps_lib.make_steps(task.forward, txs[placement], counter)
     flops = task.forward_flops_per_example(variables)
+    train_flops = task.train_forward_flops_per_example(variables, flops)
     num_params = int(sum(np.prod(x.shape) for x in
                          jax.tree_util.tree_leaves(variables["params"])))
     res = run_lib.RunResources(task=task, config=config, counter=counter, txs=txs,
                                steps=steps, layout=layout, flops_per_example=flops,
+                               train_flops_per_example=train_flops,
                                num_params=num_params, parallel=parallel)
     res.compile_seconds = _warm_up(res, variables)
     return res

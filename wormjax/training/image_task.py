@@ -137,6 +137,16 @@ class ImageTask:
             lambda v, x: self.forward(v, {"image": x}, False, None, model)[0],
             variables, jnp.asarray(batch))
 
+    def train_forward_flops_per_example(self, variables, longest: float) -> float:
+        """Forward FLOPs per trained example: every batch has one shape, so ``longest``.
+
+        Args:
+          variables: unused (the text task's signature).
+          longest: ``forward_flops_per_example(variables)``.
+        """
+        del variables
+        return longest
+
     def compact_model(self, channels):
         """The task's CNN narrowed to explicit per-BatchNorm channel counts."""
         return self.model.clone(channels=tuple(int(c) for c in channels))

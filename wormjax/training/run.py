@@ -60,11 +60,14 @@ class RunResources:
     txs: dict  # placement -> optimizer (each compiled once)
     steps: dict  # placement -> StepFns
     layout: Any
-    flops_per_example: float
+    flops_per_example: float  # dense forward, at the longest input (text: bucket)
     num_params: int
     parallel: Any = None  # distributed.DataParallel: mesh and shardings
     log: Callable[[dict], None] = lambda record: None
     compile_seconds: float = 0.0
+    # Dense forward FLOPs per trained example, averaged over an epoch's batch shapes
+    # (text: length buckets); None means flops_per_example.
+    train_flops_per_example: float | None = None
     _prune: Callable | None = None
 
     def prune_fn(self, params, keep_flat) -> pruning.Pruned:
@@ -366,11 +369,13 @@ class _Run:
         times = dict(meta["times"])
         times["total"] = times["search"] + times["prune"] + times["retrain"]
         flops = self.res.flops_per_example
+        train_flops = self.res.train_flops_per_example or flops
         compact = meta.get("structured") or {}
         pruned_flops = compact.get("forward_flops_compact")
         retrain_examples = meta.get("examples_retrain", 0)
-        spent = 3.0 * (flops * (meta["examples_trained"] - retrain_examples)
-                       + (pruned_flops or flops) * retrain_examples)
+        # Training = 3 forward passes (forward + two gradients) per trained example.
+        spent = 3.0 * (train_flops * (meta["examples_trained"] - retrain_examples)
+                       + (pruned_flops or train_flops) * retrain_examples)
         return {
             "task": self.res.task.name,
             "variant": self.variant.name, "schedule": self.variant.schedule,
@@ -393,6 +398,7 @@ class _Run:
             "eval_split": cfg.data.eval_split,
             "times": times,
             "flops": {"dense_forward_per_example": flops,
+                      "dense_train_forward_per_example": train_flops,
                       "training_flops_spent": spent,
                       "pruned_forward_per_example": pruned_flops},
             "structured": compact or None,

@@ -9,6 +9,8 @@ compiles once per bucket and never again in later epochs.
 
 from __future__ import annotations
 
+import collections
+
 import json
 import os
 
@@ -181,6 +183,9 @@ class TextTask:
                 f"bucket {self.boundaries} of the {len(self.train_data)} training "
                 "examples; lower the batch size or raise data.train_limit")
         self.train_bucket_lengths = tuple(sorted({length for length, _ in plan}))
+        # Batches per bucket length: the same in every epoch (see above).
+        self.train_batches_per_length = dict(sorted(
+            collections.Counter(length for length, _ in plan).items()))
 
         num_labels = int(model_cfg.num_classes or train.num_labels)
         self._dtype = models.DTYPES[model_cfg.dtype]
@@ -294,9 +299,12 @@ class TextTask:
         return {"train": one_per_shape(self.train_batches(self.config.seed, 0)),
                 "eval": one_per_shape(self.eval_batches())}
 
-    def forward_flops_per_example(self, variables) -> float:
-        """Forward FLOPs per example at the longest bucket (XLA cost analysis)."""
-        ids = jnp.zeros((8, self.boundaries[-1]), jnp.int32)
+    def forward_flops_per_example(self, variables, seq_len: int | None = None) -> float:
+        """Forward FLOPs per example at ``seq_len`` (default: the longest bucket).
+
+        From XLA's cost analysis of the eval forward at that padded length.
+        """
+        ids = jnp.zeros((8, seq_len or self.boundaries[-1]), jnp.int32)
 
         def apply(v, input_ids):
             batch = {"input_ids": input_ids, "token_type_ids": jnp.zeros_like(input_ids),
@@ -304,3 +312,20 @@ class TextTask:
             return self.forward(v, batch, False, None)[0]
 
         return image_task.forward_flops(apply, variables, ids)
+
+    def train_forward_flops_per_example(self, variables, longest: float) -> float:
+        """Mean forward FLOPs per trained example over an epoch's length buckets.
+
+        Batches are padded to their bucket's length, not to the longest, so an
+        epoch costs the batch-weighted mean of the per-bucket figures.
+
+        Args:
+          variables: the model's variables.
+          longest: ``forward_flops_per_example(variables)``, already computed.
+        """
+        counts = self.train_batches_per_length
+        per_length = {length: longest if length == self.boundaries[-1]
+                      else self.forward_flops_per_example(variables, length)
+                      for length in counts}
+        return sum(n * per_length[length] for length, n in counts.items()) / sum(
+            counts.values())
