@@ -161,10 +161,35 @@ def test_launch_entry_point_with_overrides(tmp_path):
     assert "Ticket Search Epoch Count" in out.stdout
     summary = json.load(open(tmp_path / "summary.json"))
     assert summary["config"]["search"]["max_epochs"] == 2
+    assert summary["environment"]["devices"]["count"] == 1
     bad = subprocess.run(cmd[:3] + [f"--workdir={tmp_path}/bad",
                                     "--config.search.prune_ratio=0"],
                          cwd=REPO, capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0 and "prune_ratio" in bad.stderr
+
+
+@pytest.mark.slow
+def test_launch_splits_batches_over_host_devices(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    cmd = [sys.executable, "launch.py", "--config=configs/quickstart.py", "--jax_cache_dir=",
+           "--config.model.width=0.0625", "--config.data.train_limit=128",
+           "--config.data.eval_limit=64", "--config.search.window=2",
+           "--config.search.max_epochs=2", "--config.retrain.max_epochs=1",
+           "--config.optim.eval_batch_size=64", "--config.experiment.schedules=worm",
+           "--config.progress_bar=False"]
+    out = subprocess.run(cmd + [f"--workdir={tmp_path}/two", "--host_devices=2"], cwd=REPO,
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.load(open(tmp_path / "two" / "summary.json"))
+    assert summary["environment"]["devices"]["count"] == 2
+    for value, message in (("0", "--host_devices must be >= 1, got 0"),
+                           ("2", "both set the host device count")):
+        bad_env = dict(env, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+        bad = subprocess.run(cmd + [f"--workdir={tmp_path}/bad", f"--host_devices={value}"],
+                             cwd=REPO, capture_output=True, text=True, timeout=600,
+                             env=bad_env if value == "2" else env)
+        assert bad.returncode != 0 and message in bad.stderr, bad.stderr[-2000:]
+        assert not os.path.exists(tmp_path / "bad")
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
