@@ -17,7 +17,7 @@ if str(REPO) not in sys.path:  # benchmarks/ is a package beside wormjax/
 BENCH_MODULES = sorted(p.stem for p in (REPO / "benchmarks").glob("bench_*.py"))
 OURS = ("bench_train_step", "bench_torch", "bench_worm_overhead", "bench_eb_update",
         "bench_input_pipeline", "bench_compile", "bench_roofline", "bench_conv_layers",
-        "bench_xla_flags", "bench_conv_kernels")
+        "bench_xla_flags", "bench_conv_kernels", "bench_op_profile")
 
 
 def test_every_bench_is_present():
@@ -115,3 +115,19 @@ def test_conv_kernels_bench_runs_tiny():
             assert row["max_rel_diff"] < 1e-4, row
             assert all(row[f"ratio_{p}"] > 0 for p in passes)
     assert len(res["notes"]) >= 2 and "conv time of one step" in res["notes"][0]
+
+
+def test_op_profile_bench_runs_tiny():
+    bench = importlib.import_module("benchmarks.bench_op_profile")
+    assert bench.op_kind("ynn_fusion.12") == "ynn_fusion"
+    assert bench.op_kind("transpose_copy_fusion") == "transpose_copy_fusion"
+    res = bench.run("tiny")
+    rows = res["rows"]
+    total = rows[-1]
+    assert total["op_kind"] == "ALL OPERATIONS" and total["wall_step_ms"] > 0
+    kinds = rows[:-1]
+    assert kinds and all(r["ms_per_step"] > 0 for r in kinds)
+    assert sum(r["ms_per_step"] for r in kinds) == pytest.approx(total["ms_per_step"])
+    assert [r["ms_per_step"] for r in kinds if "other" not in r["op_kind"]] == sorted(
+        (r["ms_per_step"] for r in kinds if "other" not in r["op_kind"]), reverse=True)
+    assert not any(bench._NOT_OPS.search(r["op_kind"]) for r in kinds)
