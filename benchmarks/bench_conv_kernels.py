@@ -25,9 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import bench_conv_layers
 from benchmarks import common
 from wormjax.models import common as model_common
-from wormjax.models import vgg as vgg_lib
 
 NAME = "conv_kernels"
 PASSES = ("fwd", "dx", "dw")
@@ -61,15 +61,8 @@ class ConvShape:
 
 def vgg11_shapes(width: float) -> list[ConvShape]:
     """CIFAR VGG-11's eight 3x3 convs."""
-    shapes, hw, cin, i = [], 32, 3, 0
-    for v in vgg_lib.CIFAR_VGG11_CFG:
-        if v == "M":
-            hw //= 2
-            continue
-        cout = model_common.scaled_width(v, width)
-        shapes.append(ConvShape("vgg11", f"conv{i}", hw, cin, cout))
-        cin, i = cout, i + 1
-    return shapes
+    return [ConvShape("vgg11", f"conv{i}", hw, cin, cout)
+            for i, (hw, cin, cout) in enumerate(bench_conv_layers.layer_shapes(width))]
 
 
 def resnet18_shapes(width: float) -> list[ConvShape]:

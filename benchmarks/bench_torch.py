@@ -25,6 +25,7 @@ import numpy as np
 
 from benchmarks import common
 from benchmarks import workloads as wl
+from wormjax.models import common as model_common
 from wormjax.models import vgg as vgg_lib
 
 NAME = "torch"
@@ -37,11 +38,6 @@ if TORCH_AVAILABLE:
     import torch
     from torch import nn
     from torch.nn import functional as F
-
-
-def _scaled(channels: int, width: float) -> int:
-    # wormjax's width rule (models/common.scaled_width), so both sides build one shape.
-    return max(1, int(round(channels * width)))
 
 
 def _to(inputs, device: str):
@@ -64,7 +60,7 @@ def _torch_models():
                 if v == "M":
                     layers.append(nn.MaxPool2d(2))
                     continue
-                c = _scaled(v, width)
+                c = model_common.scaled_width(v, width)
                 layers += [nn.Conv2d(cin, c, 3, padding=1, bias=False), nn.BatchNorm2d(c),
                            nn.ReLU(inplace=True)]
                 cin = c
@@ -97,12 +93,12 @@ def _torch_models():
 
         def __init__(self, width: float, num_classes: int = 10):
             super().__init__()
-            cin = _scaled(64, width)
+            cin = model_common.scaled_width(64, width)
             self.conv1 = nn.Conv2d(3, cin, 3, 1, 1, bias=False)
             self.bn1 = nn.BatchNorm2d(cin)
             blocks = []
             for base, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-                cout = _scaled(base, width)
+                cout = model_common.scaled_width(base, width)
                 blocks += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
                 cin = cout
             self.blocks = nn.Sequential(*blocks)
