@@ -55,6 +55,19 @@ def _ratios(on: list[float], off: list[float]) -> dict:
     return stats
 
 
+def _truncation_fields(t_plain: list[float], t_truncated: list[float], n: int) -> dict:
+    """The row fields both frameworks share: step times and the truncated/plain ratio."""
+    ratio = _ratios(t_truncated, t_plain)
+    return {
+        "plain_step_ms": 1e3 * common.summarize(t_plain)["median"] / n,
+        "truncated_step_ms": 1e3 * common.summarize(t_truncated)["median"] / n,
+        "ratio_truncated_over_plain": ratio["median"],
+        "ratio_q1": ratio["q1"], "ratio_q3": ratio["q3"],
+        "ratio_min": ratio["min"], "ratio_max": ratio["max"],
+        "min_over_min": ratio["min_over_min"],
+    }
+
+
 def wormjax_row(spec, size: str) -> dict:
     """Interleaved bare / inactive / active windows of one workload."""
     target, reps = WINDOW_S[size], _reps(spec, size)
@@ -66,19 +79,13 @@ def wormjax_row(spec, size: str) -> dict:
     t_bare, t_off, t_on = common.interleave(
         [lambda: bare.steps(n), lambda: work.steps(n, work.inactive),
          lambda: work.steps(n, work.active)], reps, warmup=1)
-    active = _ratios(t_on, t_off)
+    active = _truncation_fields(t_off, t_on, n)
     fixed = _ratios(t_off, t_bare)
     limit = TARGETS[spec.kind]
     return {
         "framework": "wormjax", "workload": spec.key, "issue2": spec == ISSUE2,
-        "steps_per_window": n, "reps": reps,
-        "plain_step_ms": 1e3 * common.summarize(t_off)["median"] / n,
-        "truncated_step_ms": 1e3 * common.summarize(t_on)["median"] / n,
-        "ratio_truncated_over_plain": active["median"],
-        "ratio_q1": active["q1"], "ratio_q3": active["q3"],
-        "ratio_min": active["min"], "ratio_max": active["max"],
-        "min_over_min": active["min_over_min"],
-        "target": limit, "meets_target": active["median"] <= limit,
+        "steps_per_window": n, "reps": reps, **active,
+        "target": limit, "meets_target": active["ratio_truncated_over_plain"] <= limit,
         "ratio_chain_over_bare": fixed["median"],
         "chain_q1": fixed["q1"], "chain_q3": fixed["q3"],
         "chain_min_over_min": fixed["min_over_min"],
@@ -94,20 +101,13 @@ def torch_row(spec, size: str, threads: list[int]) -> dict:
     n = common.steps_for_window(common.timed(lambda: step.steps(1)), target)
     t_off, t_on = common.paired(lambda: step.steps(n), lambda: step.steps(n, truncate=True),
                                 reps, warmup=1)
-    ratio = _ratios(t_on, t_off)
     loop_ms = common.summarize([1e3 * (a - b) / n for a, b in zip(t_on, t_off)])
     variant = ("channels_last" if step.channels_last else "nchw") \
         if isinstance(spec, wl.CnnSpec) else "default"
     return {
         "framework": "torch", "workload": spec.key, "issue2": spec == ISSUE2,
         "torch_variant": f"{variant}, {step.threads} threads",
-        "steps_per_window": n, "reps": reps,
-        "plain_step_ms": 1e3 * common.summarize(t_off)["median"] / n,
-        "truncated_step_ms": 1e3 * common.summarize(t_on)["median"] / n,
-        "ratio_truncated_over_plain": ratio["median"],
-        "ratio_q1": ratio["q1"], "ratio_q3": ratio["q3"],
-        "ratio_min": ratio["min"], "ratio_max": ratio["max"],
-        "min_over_min": ratio["min_over_min"],
+        "steps_per_window": n, "reps": reps, **_truncation_fields(t_off, t_on, n),
         "loop_ms_per_step": loop_ms["median"],
         "window_s": {"plain": t_off, "truncated": t_on},
     }
