@@ -182,10 +182,10 @@ class TextTask:
                 f"optim.batch_size={self.batch_size} leaves no full batch in any length "
                 f"bucket {self.boundaries} of the {len(self.train_data)} training "
                 "examples; lower the batch size or raise data.train_limit")
-        self.train_bucket_lengths = tuple(sorted({length for length, _ in plan}))
         # Batches per bucket length: the same in every epoch (see above).
         self.train_batches_per_length = dict(sorted(
             collections.Counter(length for length, _ in plan).items()))
+        self.train_bucket_lengths = tuple(self.train_batches_per_length)
 
         num_labels = int(model_cfg.num_classes or train.num_labels)
         self._dtype = models.DTYPES[model_cfg.dtype]
