@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import os
 import pickle
 import tarfile
+import zlib
 from typing import IO
 
 import numpy as np
@@ -14,6 +16,7 @@ IMAGE_SHAPE = (32, 32, 3)
 DATASET_NAMES = ("cifar10", "digits")
 SOURCES = ("local", "tfds")
 SPLITS = ("train", "test")
+NUM_CLASSES = {"cifar10": 10, "digits": 10}  # known before any file is read
 
 _CIFAR_TARBALL = "cifar-10-python.tar.gz"
 _CIFAR_FOLDER = "cifar-10-batches-py"
@@ -28,6 +31,10 @@ _CIFAR_LAYOUTS = (
 _TFDS_WAY = (
     "Or use data.source='tfds' with a TFDS data dir prepared on a machine with "
     "internet (`tfds build cifar10 --file_format=array_record`) as data.dir.")
+_REDOWNLOAD = "The file may be truncated or corrupt: download it again."
+# What pickle.load raises on a damaged stream (its documentation lists these).
+_PICKLE_ERRORS = (pickle.UnpicklingError, EOFError, AttributeError, ImportError,
+                  IndexError, KeyError, TypeError, ValueError)
 # Fixed so that every run, on every machine, gets the same digits train/test split.
 _DIGITS_SPLIT_SEED = 20240617
 _DIGITS_TEST_FRACTION = 0.2
@@ -110,7 +117,13 @@ def _subset(ds: ImageDataset, limit: int | None) -> ImageDataset:
 def _decode_cifar_batch(fileobj: IO[bytes], where: str) -> tuple[np.ndarray, np.ndarray]:
     """Reads one python-version CIFAR pickle into NHWC images and labels."""
     # The official batches are Python-2 pickles; bytes keys read both them and protocol 4.
-    batch = pickle.load(fileobj, encoding="bytes")
+    try:
+        batch = pickle.load(fileobj, encoding="bytes")
+    except _PICKLE_ERRORS as err:
+        raise ValueError(
+            f"{where}: cannot unpickle it ({type(err).__name__}: {err}); expected a "
+            f"python-version CIFAR-10 batch (a pickled dict with b'data' and b'labels'). "
+            f"{_REDOWNLOAD}") from None
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         raise ValueError(f"{where}: expected a pickled dict with b'data' and b'labels'")
     data = np.asarray(batch[b"data"])
@@ -131,13 +144,18 @@ def _read_cifar_tarball(path: str, names: tuple[str, ...]) -> dict[str, tuple]:
     found = {}
     # One sequential pass: the members are not in numeric order, and seeking back in a
     # gzip stream means decompressing it again.
-    with tarfile.open(path, "r:gz") as tar:
-        for member in tar:
-            parts = member.name.removeprefix("./").split("/")
-            wanted = len(parts) == 2 and parts[0] == _CIFAR_FOLDER and parts[1] in names
-            if wanted and member.isfile():
-                with tar.extractfile(member) as f:
-                    found[parts[1]] = _decode_cifar_batch(f, f"{path}:{member.name}")
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for member in tar:
+                parts = member.name.removeprefix("./").split("/")
+                wanted = len(parts) == 2 and parts[0] == _CIFAR_FOLDER and parts[1] in names
+                if wanted and member.isfile():
+                    with tar.extractfile(member) as f:
+                        found[parts[1]] = _decode_cifar_batch(f, f"{path}:{member.name}")
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
+        raise ValueError(
+            f"{path}: not a readable gzip tarball ({type(err).__name__}: {err}); expected "
+            f"the CIFAR-10 python-version tarball {_CIFAR_TARBALL}. {_REDOWNLOAD}") from None
     missing = [n for n in names if n not in found]
     if missing:
         raise FileNotFoundError(
@@ -241,7 +259,8 @@ def load_cifar10(
         images, labels = _load_cifar10_local(split, data_dir)
     else:
         images, labels = _load_cifar10_tfds(split, data_dir, download)
-    ds = ImageDataset(np.ascontiguousarray(images), labels, 10, f"cifar10/{split}")
+    ds = ImageDataset(np.ascontiguousarray(images), labels, NUM_CLASSES["cifar10"],
+                      f"cifar10/{split}")
     return _subset(ds, limit)
 
 
@@ -270,7 +289,7 @@ def load_digits32(split: str, *, limit: int | None = None) -> ImageDataset:
         members = rng.permutation(np.flatnonzero(labels == c))
         is_test[members[:int(round(_DIGITS_TEST_FRACTION * members.size))]] = True
     keep = is_test if split == "test" else ~is_test
-    ds = ImageDataset(images[keep], labels[keep], 10, f"digits/{split}")
+    ds = ImageDataset(images[keep], labels[keep], NUM_CLASSES["digits"], f"digits/{split}")
     return _subset(ds, limit)
 
 

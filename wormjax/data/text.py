@@ -8,7 +8,6 @@ once per bucket. Batch order is a pure function of (seed, epoch).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Iterator, Sequence
 
@@ -16,6 +15,8 @@ import numpy as np
 import tokenizers
 from tokenizers import normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
+
+from wormjax.models import weight_files
 
 _CLS, _SEP, _PAD, _UNK = "[CLS]", "[SEP]", "[PAD]", "[UNK]"
 
@@ -38,8 +39,8 @@ def checkpoint_lowercase(checkpoint_dir: str) -> bool:
     for name in ("tokenizer_config.json", "config.json"):
         path = os.path.join(checkpoint_dir, name)
         if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                value = json.load(f).get("do_lower_case")
+            value = weight_files.read_json(path, f"a Hugging Face {name}").get(
+                "do_lower_case")
             if value is not None:
                 return bool(value)
     vocab = os.path.join(checkpoint_dir, "vocab.txt")
@@ -58,7 +59,12 @@ def load_tokenizer(checkpoint_dir: str, *, lowercase: bool | None = None) -> tok
     """
     path = os.path.join(checkpoint_dir, "tokenizer.json")
     if os.path.isfile(path) and lowercase is None:
-        tok = tokenizers.Tokenizer.from_file(path)
+        try:
+            tok = tokenizers.Tokenizer.from_file(path)
+        except Exception as err:  # noqa: BLE001 - tokenizers raises bare Exception
+            raise ValueError(f"{path}: not a readable tokenizer.json ({err}); expected a "
+                             "Hugging Face tokenizers file (or remove it to build the "
+                             "tokenizer from vocab.txt)") from None
     else:
         vocab = os.path.join(checkpoint_dir, "vocab.txt")
         if not os.path.isfile(vocab):
@@ -68,8 +74,8 @@ def load_tokenizer(checkpoint_dir: str, *, lowercase: bool | None = None) -> tok
         strip_accents = None
         config_path = os.path.join(checkpoint_dir, "tokenizer_config.json")
         if os.path.isfile(config_path):
-            with open(config_path, encoding="utf-8") as f:
-                strip_accents = json.load(f).get("strip_accents")
+            strip_accents = weight_files.read_json(
+                config_path, "a Hugging Face tokenizer_config.json").get("strip_accents")
         tok = tokenizers.Tokenizer(WordPiece.from_file(vocab, unk_token=_UNK))
         tok.normalizer = normalizers.BertNormalizer(
             clean_text=True, handle_chinese_chars=True, strip_accents=strip_accents,

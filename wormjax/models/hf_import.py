@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import os
 import re
 from typing import Any, Mapping, NamedTuple
@@ -19,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from wormjax.models import weight_files
 from wormjax.models.bert import BertConfig, BertForSequenceClassification
 
 _SAFETENSORS = "model.safetensors"
@@ -123,7 +123,7 @@ def resolve_checkpoint_dir(path_or_hub_id: str, *, revision: str | None = None,
 def _read_safetensors(path: str) -> dict[str, np.ndarray]:
     from safetensors import safe_open  # pylint: disable=import-outside-toplevel
     out = {}
-    with safe_open(path, framework="numpy") as f:
+    with weight_files.safetensors_errors(path), safe_open(path, framework="numpy") as f:
         for key in f.keys():
             try:
                 out[key] = f.get_tensor(key)
@@ -135,13 +135,7 @@ def _read_safetensors(path: str) -> dict[str, np.ndarray]:
 
 
 def _read_torch_bin(path: str) -> dict[str, np.ndarray]:
-    try:
-        import torch  # pylint: disable=import-outside-toplevel
-    except ImportError:
-        raise ImportError(
-            f"{path} is a PyTorch pickle and torch is not installed. Install torch "
-            "(`pip install torch`) or convert the checkpoint to model.safetensors.") from None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = weight_files.torch_load(path, "convert the checkpoint to model.safetensors")
     return {k: (v.float() if v.is_floating_point() else v).numpy() for k, v in state.items()}
 
 
@@ -158,8 +152,13 @@ def read_state_dict(checkpoint_dir: str) -> tuple[dict[str, np.ndarray], str]:
         return _read_safetensors(path), path
     path = os.path.join(checkpoint_dir, _SAFETENSORS_INDEX)
     if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            shards = sorted(set(json.load(f)["weight_map"].values()))
+        weight_map = weight_files.read_json(
+            path, 'a safetensors index: {"weight_map": {tensor name: shard file}}').get(
+                "weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{path}: no \"weight_map\" object; expected a safetensors "
+                             "index naming each tensor's shard file")
+        shards = sorted(set(weight_map.values()))
         tensors = {}
         for shard in shards:
             tensors.update(_read_safetensors(os.path.join(checkpoint_dir, shard)))
@@ -239,7 +238,12 @@ def load_hf_bert(path_or_hub_id: str, num_labels: int = 2, *, rng: Any = 0,
     config_path = os.path.join(folder, "config.json")
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"no config.json in checkpoint folder {folder}")
-    config = BertConfig.from_json(config_path)
+    hf_config = weight_files.read_json(config_path, "a Hugging Face BERT config.json")
+    try:
+        config = BertConfig.from_hf_config(hf_config)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{config_path}: {err}; expected a Hugging Face BERT "
+                         "config.json") from None
     if config_overrides:
         config = dataclasses.replace(config, **dict(config_overrides))
     model = BertForSequenceClassification(config, num_labels=num_labels, dtype=dtype)

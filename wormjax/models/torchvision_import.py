@@ -23,6 +23,7 @@ import numpy as np
 from wormjax.models import common
 from wormjax.models import resnet
 from wormjax.models import vgg
+from wormjax.models import weight_files
 
 _IGNORED_SUFFIX = ".num_batches_tracked"
 # Flax leaf name -> torch parameter/buffer name (others, e.g. 'bias', are the same).
@@ -50,23 +51,24 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
     Returns:
       Parameter name -> numpy array.
+
+    Raises:
+      ValueError: the file is unreadable or holds no state dict (naming the file);
+        ``weight_files.TorchNotInstalledError`` for a pickle without torch.
     """
     path = os.fspath(path)
     if path.endswith(".safetensors"):
         from safetensors.numpy import load_file  # pylint: disable=g-import-not-at-top
 
-        return dict(load_file(path))
-    try:
-        import torch  # pylint: disable=g-import-not-at-top
-    except ImportError as e:
-        raise ImportError(
-            f"Reading {path!r} needs torch (pip install 'wormjax[torch]'); or "
-            "convert it to .safetensors, which needs only safetensors."
-        ) from e
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+        with weight_files.safetensors_errors(path):
+            return dict(load_file(path))
+    obj = weight_files.torch_load(
+        path, "convert it to .safetensors, which needs only safetensors")
     for key in ("state_dict", "model"):
         if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
             obj = obj[key]
+    import torch  # pylint: disable=g-import-not-at-top - torch_load imported it
+
     return {
         k: v.detach().float().numpy() if v.is_floating_point() else v.numpy()
         for k, v in obj.items()
