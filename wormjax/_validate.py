@@ -58,3 +58,26 @@ def one_of(name: str, value, allowed: Iterable[str]) -> str:
             f"unknown {name} {value!r}; allowed: {', '.join(map(repr, allowed))}"
         )
     return value
+
+
+def closed_open_interval(name: str, value, low: float, high: float) -> float:
+    """Checks ``low <= value < high``."""
+    v = _number(name, value)
+    if not low <= v < high:
+        raise ValueError(f"{name} must be in [{low}, {high}), got {value!r}")
+    return v
+
+
+def non_negative(name: str, value) -> float:
+    """Checks a number ``value >= 0`` (finite)."""
+    v = _number(name, value)
+    if not 0.0 <= v < math.inf:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return v
+
+
+def boolean(name: str, value) -> bool:
+    """Checks that ``value`` is True or False (not 0/1 or a string)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value

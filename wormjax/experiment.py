@@ -19,6 +19,7 @@ import numpy as np
 
 from wormjax import _validate
 from wormjax import checkpoint as ckpt_lib
+from wormjax import config_checks
 from wormjax import plots
 from wormjax import report
 from wormjax import search as search_lib
@@ -67,32 +68,9 @@ def variants_from_config(config) -> list[run_lib.Variant]:
 
 
 def validate_config(config) -> list[run_lib.Variant]:
-    """Checks every choice and range before any data is read or compiled."""
+    """Checks every field (``config_checks``) before any data is read or compiled."""
     task_cls = _task_class(config)
     task_cls.validate_config(config)
-    modes = ("mask", "reference") + (("structured",) if task_cls.kind == "image" else ())
-    _validate.one_of("pruning.mode", config.pruning.mode, modes)
-    if config.pruning.mode == "structured":
-        _validate.at_least("pruning.min_channels", config.pruning.min_channels, 1)
-        _validate.at_least("pruning.channel_multiple", config.pruning.channel_multiple,
-                           1)
-    _validate.one_of("search.schedule", config.search.schedule, search_lib.SCHEDULES)
-    _validate.one_of("search.placement", config.search.placement, state_lib.PLACEMENTS)
-    _validate.one_of("optim.name", config.optim.name, ("sgd", "adamw"))
-    _validate.half_open_interval("optim.learning_rate", config.optim.learning_rate,
-                                 0.0, 10.0)
-    _validate.at_least("optim.batch_size", config.optim.batch_size, 1)
-    _validate.at_least("optim.eval_batch_size", config.optim.eval_batch_size, 1)
-    _validate.one_of("retrain.target_kind", config.retrain.target_kind,
-                     ("absolute", "relative"))
-    _validate.half_open_interval("retrain.target", config.retrain.target, 0.0,
-                                 1.0 if config.retrain.target_kind == "absolute"
-                                 else 10.0)
-    _validate.at_least("search.max_epochs", config.search.max_epochs, 1)
-    _validate.at_least("retrain.max_epochs", config.retrain.max_epochs, 1)
-    _validate.at_least("experiment.num_seeds", config.experiment.num_seeds, 1)
-    _validate.at_least("seed", config.seed, 0)
-    _validate.at_least("log_every_steps", config.log_every_steps, 0)
     variants = variants_from_config(config)
     for v in variants:  # EarlyBirdConfig validates p, l, s, delta, r
         run_lib._search_config(config, v)
@@ -172,7 +150,7 @@ def _warm_up(res: run_lib.RunResources, variables) -> float:
     return time.perf_counter() - start
 
 
-TASKS = ("image", "text")
+TASKS = config_checks.TASKS
 
 
 def _task_class(config):

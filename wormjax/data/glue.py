@@ -72,6 +72,17 @@ def glue_task_name(task: str) -> str:
     return name
 
 
+def num_labels(task: str) -> int:
+    """The number of classes of a GLUE task, known without reading any file.
+
+    Args:
+      task: task name in any spelling ``glue_task_name`` accepts.
+    Returns:
+      2 for SST-2, MRPC and RTE.
+    """
+    return len(_SPECS[glue_task_name(task)].label_names)
+
+
 def _split_name(split: str) -> str:
     name = {"validation": "dev"}.get(str(split).lower(), str(split).lower())
     if name not in GLUE_SPLITS:

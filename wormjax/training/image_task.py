@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wormjax import _validate
+from wormjax import config_checks
 from wormjax import models
 from wormjax import selectors as selectors_lib
 from wormjax.data import images as images_lib
@@ -42,22 +42,25 @@ class ImageTask:
 
     @staticmethod
     def validate_config(config) -> None:
-        """Checks the image-specific fields before any data is read."""
-        _validate.one_of("model.name", config.model.name, models.CNN_MODELS)
-        _validate.one_of("model.dtype", config.model.dtype, models.DTYPES)
-        _validate.one_of("data.name", config.data.name, images_lib.DATASET_NAMES)
-        _validate.one_of("data.source", config.data.source, images_lib.SOURCES)
-        _validate.one_of("data.eval_split", config.data.eval_split, ("test", "train"))
-        _validate.one_of("data.normalization", config.data.normalization,
-                         pipeline.NORMALIZE_SCHEMES)
+        """Checks every field, and that the pretrained file exists, before any data is read.
+
+        Args:
+          config: the experiment ConfigDict (``task="image"``).
+
+        Raises:
+          ValueError: naming the bad field, its value and what is allowed.
+          FileNotFoundError: ``model.pretrained`` names no file.
+        """
+        config_checks.check_config(config)
+        pretrained = config.model.pretrained
+        if pretrained and not os.path.isfile(pretrained):
+            raise FileNotFoundError(
+                f"model.pretrained={pretrained!r} is not a file; give a "
+                "torchvision state dict (.safetensors, or .pth with torch installed)")
 
     def __init__(self, config):
         data, model_cfg = config.data, config.model
         self.validate_config(config)
-        if model_cfg.pretrained and not os.path.isfile(model_cfg.pretrained):
-            raise FileNotFoundError(
-                f"model.pretrained={model_cfg.pretrained!r} is not a file; give a "
-                "torchvision state dict (.safetensors, or .pth with torch installed)")
         self.config = config
         limit = lambda n: int(n) if n else None  # noqa: E731 - 0 means all
         self.train_ds = images_lib.load_image_dataset(

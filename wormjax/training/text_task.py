@@ -10,20 +10,19 @@ compiles once per bucket and never again in later epochs.
 from __future__ import annotations
 
 import collections
-
-import json
 import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wormjax import _validate
+from wormjax import config_checks
 from wormjax import models
 from wormjax import selectors as selectors_lib
 from wormjax.data import glue as glue_lib
 from wormjax.data import text as text_lib
 from wormjax.models import hf_import
+from wormjax.models import weight_files
 from wormjax.training import image_task
 
 __all__ = ["TextTask", "subset_indices", "looks_like_path"]
@@ -75,8 +74,8 @@ def _max_positions(checkpoint_dir: str) -> int | None:
     path = os.path.join(checkpoint_dir, "config.json")
     if not os.path.isfile(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f).get("max_position_embeddings")
+    return weight_files.read_json(path, "a Hugging Face BERT config.json").get(
+        "max_position_embeddings")
 
 
 class TextTask:
@@ -89,7 +88,7 @@ class TextTask:
 
     @staticmethod
     def validate_config(config) -> None:
-        """Checks the text-specific fields before any data or weights are read.
+        """Checks every field, the checkpoint and data folders, before anything is read.
 
         Args:
           config: the experiment ConfigDict (``task="text"``).
@@ -97,33 +96,10 @@ class TextTask:
         Raises:
           ValueError: naming the bad field, its value and what is allowed.
         """
+        config_checks.check_config(config)
         data, model = config.data, config.model
-        try:
-            glue_lib.glue_task_name(data.get("name"))
-        except ValueError:
-            raise ValueError(f"unknown data.name {data.get('name')!r}; allowed: "
-                             f"{', '.join(map(repr, glue_lib.GLUE_TASKS))}") from None
-        _validate.one_of("data.source", data.source, glue_lib.GLUE_SOURCES)
-        _validate.one_of("data.eval_split", data.eval_split, ("test", "train"))
-        _validate.one_of("model.dtype", model.dtype, models.DTYPES)
-        max_seq_len = _validate.at_least("data.max_seq_len", data.get("max_seq_len"), 3)
-        _validate.at_least("data.bucket_min_len", data.get("bucket_min_len", 32), 1)
-        _validate.at_least("data.train_limit", data.train_limit, 0)
-        _validate.at_least("data.eval_limit", data.eval_limit, 0)
-        _validate.at_least("model.num_classes", model.num_classes, 0)
-        _validate.closed_interval("optim.warmup_fraction",
-                                  config.optim.get("warmup_fraction", 0.0), 0.0, 1.0)
-        include_value = config.search.get("include_value", False)
-        if not isinstance(include_value, bool):
-            raise ValueError(f"search.include_value must be True or False, "
-                             f"got {include_value!r}")
-
-        checkpoint = model.get("checkpoint")
-        if not isinstance(checkpoint, str) or not checkpoint.strip():
-            raise ValueError(
-                f"model.checkpoint={checkpoint!r}: give a Hugging Face BERT checkpoint "
-                "folder (config.json, model.safetensors or pytorch_model.bin, vocab.txt "
-                "or tokenizer.json) or a Hub id such as 'bert-base-uncased'")
+        max_seq_len = data.max_seq_len
+        checkpoint = model.checkpoint
         if looks_like_path(checkpoint):
             folder = os.path.expanduser(checkpoint)
             if not os.path.isdir(folder):
