@@ -5,16 +5,20 @@ with the same ``--workdir`` resumes an interrupted run; a workdir holding a
 different config is refused.
 """
 
+import ast
+import importlib.util
 import logging
 import os
 import sys
+from typing import NoReturn
 
 from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 # Configs import the shared base as ``configs.base``.
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+_ROOT = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, _ROOT)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -55,6 +59,74 @@ def set_host_devices(count: int) -> None:
     os.environ["XLA_FLAGS"] = f"{current} {flag}={count}".strip()
 
 
+def available_configs(folder: str = os.path.join(_ROOT, "configs")) -> list[str]:
+    """The config files of ``folder`` that ``--config`` can load (get_config() needs
+    no arguments), found by parsing, not importing, them."""
+    names = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if not name.endswith(".py") or name.startswith("_"):
+            continue
+        try:
+            with open(os.path.join(folder, name), encoding="utf-8") as f:
+                tree = ast.parse(f.read())
+        except (OSError, SyntaxError, ValueError):
+            continue
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef) and node.name == "get_config" and len(
+                    node.args.args) == len(node.args.defaults):
+                names.append(os.path.join(os.path.basename(folder), name))
+    return names
+
+
+def _config_value(argv) -> str | None:
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def _unknown_override(argv, value: str) -> str | None:
+    """The first ``--config.<field>`` override naming no field of the config, explained."""
+    from wormjax import config_checks  # noqa: PLC0415 - only on this error path
+
+    path, _, arg = value.partition(":")  # config_flags' "file:argument" form
+    spec = importlib.util.spec_from_file_location("_wormjax_launch_config", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config(arg) if arg else module.get_config()
+    names = [name for name, _ in config_checks.flatten(config)]
+    groups = {name.rsplit(".", 1)[0] for name in names if "." in name}
+    for arg_text in argv:
+        if arg_text.startswith("--config."):
+            field = arg_text[len("--config."):].split("=", 1)[0]
+            if field not in names and field not in groups:
+                return config_checks.unknown_field_message(field, names)
+    return None
+
+
+def _usage_exit(message: str) -> NoReturn:
+    print(f"wormjax: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_flags(argv):
+    """absl's flag parsing, with one-line errors for a missing config file and for an
+    override of a field the config does not have (absl would print a traceback)."""
+    value = _config_value(argv)
+    if value is not None and not os.path.isfile(value.partition(":")[0]):
+        _usage_exit(f"config file {value.partition(':')[0]} does not exist; available "
+                    f"configs: {', '.join(available_configs())}")
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError):  # ml_collections: no such field
+        message = _unknown_override(argv, value) if value else None
+        if message is None:
+            raise
+    _usage_exit(message)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -82,4 +154,4 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.mark_flags_as_required(["config"])
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)
