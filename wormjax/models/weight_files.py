@@ -96,8 +96,11 @@ def torch_load(path: str, hint: str) -> Any:
     except FileNotFoundError:
         raise
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
-        # UnpicklingError also means "holds objects other than tensors" (weights_only).
-        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({_cause(err)}); "
+        # torch's own UnpicklingError text is about the weights_only default, not the file.
+        cause = ("UnpicklingError: not a torch pickle, or one holding objects other than "
+                 "tensors, which weights_only loading refuses"
+                 if isinstance(err, pickle.UnpicklingError) else _cause(err))
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({cause}); "
                          f"expected a torch.save'd state dict of tensors; {_REFETCH}")\
             from None
     if not isinstance(obj, Mapping):
