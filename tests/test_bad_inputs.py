@@ -478,3 +478,12 @@ def test_unreadable_pth_names_the_file(tmp_path):
                          (not_a_dict, "holds a list; expected a torch.save'd state dict")):
         with pytest.raises(ValueError, match=re.escape(f"{path}: {reason}")):
             torchvision_import.load_state_dict(path)
+
+
+def test_every_override_the_docs_show_names_a_known_field():
+    known = config_checks.known_fields("text")
+    for doc in ["README.md"] + [os.path.join("docs", n) for n in
+                                os.listdir(os.path.join(REPO, "docs")) if n.endswith(".md")]:
+        with open(os.path.join(REPO, doc), encoding="utf-8") as f:
+            fields = set(re.findall(r"--config\.([A-Za-z_][\w.]*\w)=", f.read()))
+        assert fields - set(known) == set(), doc

@@ -158,6 +158,7 @@ FIELDS: dict[str, Check] = {
     "log_every_steps": _integer(0),
     "progress_bar": _boolean,
     "model.name": _choice(*models.CNN_MODELS, text=("bert",)),
+    # A channel multiplier: 16 already makes VGG-11's widest layer 8192 channels.
     "model.width": _interval(_validate.half_open_interval, 0.0, 16.0),
     "model.num_classes": _num_classes,
     "model.dtype": _choice(*models.DTYPES),
@@ -224,7 +225,14 @@ def known_fields(kind: str) -> dict[str, Check]:
 
 
 def flatten(config, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """Yields (dotted name, value) for every leaf of a (nested) ConfigDict."""
+    """Yields (dotted name, value) for every leaf of a (nested) ConfigDict.
+
+    Args:
+      config: a ConfigDict (or dict) whose sub-dicts are field groups.
+      prefix: prepended to every name ("optim." for the leaves of config.optim).
+    Returns:
+      An iterator of ("optim.momentum", 0.9)-style pairs, in the config's order.
+    """
     for key, value in config.items():
         name = f"{prefix}{key}"
         if isinstance(value, (ml_collections.ConfigDict, dict)):
