@@ -16,6 +16,7 @@ from wormjax.multi_search import multi_ratio_state
 from wormjax.masks import global_magnitude_mask
 from wormjax.masks import mask_distance
 from wormjax.masks import unflatten_mask
+from wormjax.recalibrate import recalibrate_batch_stats
 from wormjax.selectors import ParamSelector
 from wormjax.selectors import TicketLayout
 from wormjax.selectors import attention_selector
