@@ -17,7 +17,8 @@ from typing import Any, Mapping, Sequence
 
 import ml_collections
 
-__all__ = ["StudyExperiment", "Study", "load_study", "load_config", "experiment_config"]
+__all__ = ["StudyExperiment", "Study", "load_study", "load_config", "experiment_config",
+           "find_data"]
 
 # Fields a study sets per unit; a plan must not set them in its overrides.
 _UNIT_FIELDS = ("seed", "experiment.num_seeds")
@@ -151,3 +152,22 @@ def experiment_config(experiment: StudyExperiment, seed: int, root: str
             raise ValueError(f"experiment {experiment.name!r}: cannot set {key}="
                              f"{value!r} ({err})") from None
     return config
+
+
+def find_data(root: str, *parts: str) -> str:
+    """A data file for a plan: ``$WORMJAX_DATA_DIR/<parts>`` or the shared copy.
+
+    Looks in ``$WORMJAX_DATA_DIR`` first, then in ``shared/data`` beside the
+    repository (the development machines' layout). Returns the first
+    candidate that exists, else the ``$WORMJAX_DATA_DIR`` (or shared) path, so
+    that the run's own error names where the data was expected.
+    """
+    candidates = []
+    if os.environ.get("WORMJAX_DATA_DIR"):
+        candidates.append(os.path.join(os.environ["WORMJAX_DATA_DIR"], *parts))
+    candidates.append(os.path.join(os.path.dirname(os.path.abspath(root)), "shared",
+                                   "data", *parts))
+    for path in candidates:
+        if os.path.exists(path):
+            return path
+    return candidates[0]
