@@ -7,7 +7,7 @@
 #   bash benchmarks/gpu_check.sh dry-run DIR      # on a CPU: the same stages, tiny
 #
 # The device machine has jax, flax, optax and orbax but no network; `prepare`
-# writes what it lacks into git-ignored folders that travel with `carry`:
+# writes what it lacks into folders that .gitignore ignores and `carry` takes:
 #   .gpu/  a class-balanced CIFAR-10 subset (12,500 train / 2,000 test images;
 #          the full 170 MB tarball is over the 64 MiB transfer limit)
 #   .whl/  the ml-collections wheel (pure Python)
@@ -21,8 +21,6 @@ py=${PYTHON:-python3}
 case "$mode" in
   prepare)
     source=${CIFAR10:-../shared/data/cifar10/cifar-10-python.tar.gz}
-    grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >> .git/info/exclude
-    grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
     "$py" -m benchmarks.gpu_data --source "$source" --out .gpu --train 12500 --test 2000
     "$py" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
       --implementation cp --platform manylinux2014_x86_64 -d .whl \
