@@ -8,9 +8,15 @@ from wormjax.search import early_bird
 from wormjax.search import init as early_bird_init
 from wormjax.search import update as early_bird_update
 from wormjax.masks import flatten_mask
+from wormjax.multi_search import MultiRatioConfig
+from wormjax.multi_search import MultiRatioSearch
+from wormjax.multi_search import early_bird_multi
+from wormjax.multi_search import multi_all_converged
+from wormjax.multi_search import multi_ratio_state
 from wormjax.masks import global_magnitude_mask
 from wormjax.masks import mask_distance
 from wormjax.masks import unflatten_mask
+from wormjax.recalibrate import recalibrate_batch_stats
 from wormjax.selectors import ParamSelector
 from wormjax.selectors import TicketLayout
 from wormjax.selectors import attention_selector

@@ -1,0 +1,1 @@
+"""Study plans: `python -m wormjax.study run <name>` (see wormjax/study)."""

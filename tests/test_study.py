@@ -1,0 +1,180 @@
+"""The study runner's statistics, results file and report (issue: reproduction study)."""
+
+import json
+import math
+import os
+import textwrap
+
+import pytest
+
+from wormjax.study import __main__ as study_cli
+from wormjax.study import plan as plan_lib
+from wormjax.study import report as report_lib
+from wormjax.study import results as results_lib
+from wormjax.study import stats
+
+from conftest import REPO
+
+
+def test_sign_test_exact_on_literal_differences():
+    # 3 positive, 1 negative, 1 tie: m = 4, P(X <= 1) = 5/16, two-sided 10/16.
+    assert stats.sign_test([1.0, 2.0, 3.0, -1.0, 0.0]) == (3, 1, 1, 0.625)
+    assert stats.sign_test([0.5] * 5)[3] == pytest.approx(2 / 32)
+    assert stats.sign_test([0.0, 0.0]) == (0, 0, 2, None)
+    # Balanced signs can never exceed p = 1.
+    assert stats.sign_test([1.0, -1.0])[3] == 1.0
+
+
+def test_paired_t_interval_on_literal_numbers():
+    a = {0: 1.0, 1: 2.0, 2: 3.0, 7: 9.0}  # seed 7 has no partner: dropped
+    b = {0: 2.0, 1: 4.0, 2: 5.0, 5: 1.0}
+    cmp_ = stats.paired(a, b)
+    assert cmp_.differences == (1.0, 2.0, 2.0) and cmp_.n == 3
+    assert cmp_.mean == pytest.approx(5 / 3)
+    # sd = sqrt(1/3); t_{0.975, 2} = 4.302653; half width = t * sd / sqrt(3).
+    half = 4.302653 * math.sqrt(1 / 3) / math.sqrt(3)
+    assert cmp_.ci_low == pytest.approx(5 / 3 - half, abs=1e-5)
+    assert cmp_.ci_high == pytest.approx(5 / 3 + half, abs=1e-5)
+    assert (cmp_.positives, cmp_.negatives, cmp_.ties) == (3, 0, 0)
+    assert cmp_.sign_p == pytest.approx(0.25)
+    assert "[+0.23, +3.10]" in cmp_.format(".2f")
+
+
+def test_paired_single_pair_has_no_interval_and_none_values_drop():
+    cmp_ = stats.paired({0: 1.0, 1: None}, {0: 0.5, 1: 2.0})
+    assert cmp_.n == 1 and cmp_.ci_low is None and cmp_.format(".1f") == "-0.5"
+    with pytest.raises(ValueError, match="confidence"):
+        stats.paired({}, {}, confidence=1.5)
+
+
+def test_summarize_shows_n_and_never_a_bare_mean():
+    assert stats.summarize([0.5, 0.7, None]).format(".1f", 100, "%") == \
+        "60.0% ± 14.1% (n=2)"
+    assert stats.summarize([0.5]).format(".2f") == "0.50 (n=1)"
+    assert stats.summarize([]).format() == "-"
+
+
+def test_elbow_finds_the_slope_change():
+    ys = [1.0, 0.8, 0.6, 0.4, 0.2, 0.18, 0.16, 0.14]
+    assert stats.elbow(range(8), ys) == (4.0, 0.2)
+    assert stats.elbow([0, 1, 2], [1, 0, 0]) is None
+
+
+def _fake_run(experiment, variant, seed, ticket, pre, post, one):
+    traj = [{"phase": "search", "epoch": e, "d_max": 1.0 if e < 2 else 0.3 / e,
+             "d_avg": 1.0 if e < 2 else 0.2 / e,
+             "truncation_active": variant == "worm" and e >= 3, "ratio": 0.003,
+             "train_loss": 2.0 / (e + 1), "eval_accuracy": 0.5, "eval_f1": None,
+             "epoch_time": 1.0} for e in range(ticket + 1)]
+    traj += [{"phase": "retrain", "epoch": 0, "d_max": None, "d_avg": None,
+              "truncation_active": False, "ratio": 1.0, "train_loss": 0.5,
+              "eval_accuracy": one, "eval_f1": None, "epoch_time": 1.0}]
+    summary = {"variant": variant, "seed": seed, "converged": True,
+               "ticket_epoch": ticket, "pre_prune_accuracy": pre,
+               "post_prune_accuracy": post, "retrain_accuracy_after_one_epoch": one,
+               "restore_epochs": 1, "stop_distance": 0.1,
+               "trigger_threshold": 0.15 if variant == "worm" else None,
+               "times": {"total": 10.0 + seed}, "flops": {"training_flops_spent": 3e12},
+               "trajectory": traj}
+    return results_lib.run_entry(summary, experiment=experiment, protocol="fake",
+                                 settings={"seed": seed}, machine={"cpu": "test CPU"})
+
+
+def _write_fake_study(root):
+    os.makedirs(os.path.join(root, "studies"))
+    with open(os.path.join(root, "studies", "fake.py"), "w") as f:
+        f.write(textwrap.dedent("""
+            from wormjax.study import Study, StudyExperiment
+            def get_study():
+                return Study(name="fake", description="A fake study.", experiments=[
+                    StudyExperiment("vgg", "configs/quickstart.py", seeds=(0, 1, 2),
+                                    protocol="fake")])
+        """))
+
+
+def test_report_regenerates_from_the_json_alone(tmp_path):
+    root = str(tmp_path)
+    _write_fake_study(root)
+    study = plan_lib.load_study("fake", root)
+    runs = [_fake_run("vgg", "eb", s, 6 + s, 0.9, 0.1, 0.8) for s in range(3)]
+    runs += [_fake_run("vgg", "worm", s, 5 + s, 0.88, 0.3, 0.85) for s in range(3)]
+    path = os.path.join(root, "docs", "results", "fake.json")
+    results_lib.save(path, results_lib.merge(results_lib.load(path, "fake"), runs))
+    assert study_cli.main(["report", "fake", "--root", root]) == 0
+    md = open(os.path.join(root, "docs", "results", "fake.md")).read()
+    # Search epochs: EB 6,7,8 vs WORM 5,6,7 -> every pair -1, sign test p = 0.25.
+    assert "| search epochs | 7.0 ± 1.0 (n=3) | 6.0 ± 1.0 (n=3) |" in md
+    assert "-1.0 [-1.0, -1.0] (n=3) | 0/3/0, p=0.250 |" in md
+    assert "20.00% ± 0.00% (n=3)" not in md  # post-prune is a difference, below
+    assert "+20.00% [+20.00%, +20.00%] (n=3)" in md
+    for name in ("fake_vgg_distance.png", "fake_vgg_loss.png"):
+        assert os.path.getsize(os.path.join(root, "docs", "figures", name)) < 200_000
+        assert f"../figures/{name}" in md
+    # The same JSON gives the same Markdown.
+    study_cli.main(["report", "fake", "--root", root])
+    assert open(os.path.join(root, "docs", "results", "fake.md")).read() == md
+
+
+def test_results_file_round_trips_and_refuses_another_study(tmp_path):
+    path = str(tmp_path / "a.json")
+    entry = _fake_run("vgg", "eb", 0, 4, 0.9, float("nan"), 0.8)
+    assert entry["summary"]["post_prune_accuracy"] is None  # JSON has no NaN
+    results_lib.save(path, results_lib.merge(results_lib.load(path, "a"), [entry]))
+    data = results_lib.load(path, "a")
+    assert results_lib.units_done(data) == {("vgg", 0): {"eb"}}
+    assert oct(os.stat(path).st_mode & 0o777) == "0o644"
+    with pytest.raises(ValueError, match="not 'b'"):
+        results_lib.load(path, "b")
+    with open(path, "w") as f:
+        f.write("{broken")
+    with pytest.raises(ValueError, match="unreadable"):
+        results_lib.load(path, "a")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(name="a b", config="c.py"), "letters"),
+    (dict(name="x", config="c.py", overrides={"seed": 3}), "per seed"),
+    (dict(name="x", config="c.py", seeds=(1, 1)), "distinct"),
+])
+def test_bad_plans_rejected(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        plan_lib.StudyExperiment(**kwargs)
+
+
+def test_unknown_study_and_experiment_named(tmp_path, capsys):
+    root = str(tmp_path)
+    _write_fake_study(root)
+    assert study_cli.main(["list", "nope", "--root", root]) == 2
+    assert "known studies: fake" in capsys.readouterr().err
+    assert study_cli.main(["list", "fake", "--root", root, "--only", "vggg"]) == 2
+    assert "no experiment 'vggg'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_run_then_skip_what_the_json_holds(tmp_path, capsys):
+    root = str(tmp_path)
+    os.symlink(os.path.join(REPO, "configs"), os.path.join(root, "configs"))
+    os.makedirs(os.path.join(root, "studies"))
+    with open(os.path.join(root, "studies", "tiny.py"), "w") as f:
+        f.write(textwrap.dedent("""
+            from wormjax.study import Study, StudyExperiment
+            def get_study():
+                return Study(name="tiny", description="tiny", experiments=[
+                    StudyExperiment("digits", "configs/quickstart.py", seeds=(0,),
+                        overrides={"search.max_epochs": 2, "retrain.max_epochs": 1,
+                                   "search.window": 2, "data.train_limit": 200,
+                                   "experiment.schedules": "none,worm",
+                                   "progress_bar": False})])
+        """))
+    workroot = str(tmp_path / "work")
+    args = ["--root", root, "--workroot", workroot]
+    assert study_cli.main(["run", "tiny"] + args) == 0
+    data = json.load(open(os.path.join(root, "docs", "results", "tiny.json")))
+    assert sorted(r["variant"] for r in data["runs"]) == ["eb", "worm"]
+    assert all(r["trajectory"] and r["machine"]["cpu"] is not None or True
+               for r in data["runs"])
+    capsys.readouterr()
+    assert study_cli.main(["run", "tiny"] + args) == 0
+    assert "ran 0 unit(s)" in capsys.readouterr().out
+    assert study_cli.main(["list", "tiny"] + args) == 0
+    assert "digits seed 0: done" in capsys.readouterr().out

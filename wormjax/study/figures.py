@@ -1,0 +1,107 @@
+"""The study's figures from its results JSON: Fig. 1 and Fig. 2 with spread bands.
+
+Each arm is drawn as its mean over seeds with a band of ± one sample standard
+deviation at every epoch that at least two seeds reach. PNGs are small
+(6 x 3.6 inches at 100 dpi) so they can be committed.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # Headless machines; must precede pyplot.
+import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
+import numpy as np  # pylint: disable=wrong-import-position
+
+__all__ = ["distance_figure", "loss_figure"]
+
+_COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+
+
+def _band(ax, series: Sequence[dict], color, style, label) -> bool:
+    """Mean line and ± sd band of ``{x: y}`` series; False when there is no data."""
+    xs = sorted({x for s in series for x in s})
+    if not xs:
+        return False
+    values = [[s[x] for s in series if x in s] for x in xs]
+    mean = np.asarray([np.mean(v) for v in values])
+    ax.plot(xs, mean, color=color, linestyle=style, marker=".",
+            label=f"{label} (n={len(series)})")
+    two = [i for i, v in enumerate(values) if len(v) >= 2]
+    if two:
+        sd = np.asarray([np.std(values[i], ddof=1) for i in two])
+        ax.fill_between([xs[i] for i in two], mean[two] - sd, mean[two] + sd,
+                        color=color, alpha=0.2, linewidth=0)
+    return True
+
+
+def _arms(runs):
+    arms: dict[str, list[dict]] = {}
+    for r in sorted(runs, key=lambda r: (r["variant"], r["seed"])):
+        arms.setdefault(r["variant"], []).append(r)
+    return arms
+
+
+def _save(fig, ax, path: str, has_data: bool, title: str) -> str:
+    ax.set_title(title, fontsize="medium")
+    if not has_data:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    else:
+        ax.legend(fontsize="small")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def distance_figure(runs: Sequence[dict], path: str, title: str,
+                    stop_distance: float | None, trigger: float | None) -> str:
+    """Fig. 1: d_max (solid) and d_avg (dashed) per search epoch, window full."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    drawn = False
+    for i, (arm, arm_runs) in enumerate(_arms(runs).items()):
+        color = _COLORS[i % len(_COLORS)]
+        for field, style in (("d_max", "-"), ("d_avg", "--")):
+            series = [{t["epoch"]: t[field] for t in r["trajectory"]
+                       if t["phase"] == "search" and t.get(field) is not None
+                       and t["d_max"] < 1.0} for r in arm_runs]
+            drawn |= _band(ax, [s for s in series if s], color, style,
+                           f"{arm} {field}")
+    if stop_distance is not None:
+        ax.axhline(stop_distance, color="k", linewidth=0.8, label=f"s = {stop_distance}")
+    if trigger is not None:
+        ax.axhline(trigger, color="k", linestyle=":", linewidth=0.8,
+                   label=f"s + delta = {trigger:g}")
+    ax.set_xlabel("search epoch")
+    ax.set_ylabel("mask distance")
+    return _save(fig, ax, path, drawn, title)
+
+
+def loss_figure(runs: Sequence[dict], path: str, title: str) -> str:
+    """Fig. 2: train loss per epoch over search then retraining; triggers marked."""
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    drawn = False
+    for i, (arm, arm_runs) in enumerate(_arms(runs).items()):
+        color = _COLORS[i % len(_COLORS)]
+        series, triggers = [], []
+        for r in arm_runs:
+            search = [t for t in r["trajectory"] if t["phase"] == "search"
+                      and t.get("train_loss") is not None]
+            offset = len(search)
+            points = {t["epoch"]: t["train_loss"] for t in search}
+            points.update({offset + t["epoch"]: t["train_loss"] for t in r["trajectory"]
+                           if t["phase"] == "retrain" and t.get("train_loss") is not None})
+            series.append(points)
+            trig = next((t["epoch"] for t in search if t.get("truncation_active")), None)
+            if trig is not None:
+                triggers.append(trig)
+        drawn |= _band(ax, [s for s in series if s], color, "-", arm)
+        for trig in sorted(set(triggers)):
+            ax.axvline(trig, color=color, linestyle=":", linewidth=0.8)
+    ax.set_xlabel("epoch (search, then retraining)")
+    ax.set_ylabel("train loss")
+    return _save(fig, ax, path, drawn, title)

@@ -1,0 +1,132 @@
+"""The study's Markdown tables: arms with mean ± sd (n), and paired differences.
+
+Everything is computed from the compact results JSON (``results.py``), so the
+committed tables can be regenerated without any workdir.
+"""
+
+from __future__ import annotations
+
+import collections
+from typing import Callable, Sequence
+
+from wormjax.study import stats
+
+__all__ = ["METRICS", "arms_table", "paired_table", "elbow_table"]
+
+
+def _get(*keys) -> Callable[[dict], float | None]:
+    def read(run: dict):
+        node = run["summary"]
+        for k in keys:
+            if not isinstance(node, dict) or node.get(k) is None:
+                return None
+            node = node[k]
+        return float(node)
+    return read
+
+
+def _search_epochs(run: dict) -> float | None:
+    # Epochs trained before the ticket was drawn (the search's own cost).
+    return _get("ticket_epoch")(run)
+
+
+# (column, reader, format, scale, suffix): the paper's columns plus cost.
+METRICS = (
+    ("search epochs", _search_epochs, ".1f", 1.0, ""),
+    ("pre-prune acc", _get("pre_prune_accuracy"), ".2f", 100.0, "%"),
+    ("post-prune acc", _get("post_prune_accuracy"), ".2f", 100.0, "%"),
+    ("post-prune acc (BN recal.)", _get("post_prune_accuracy_recalibrated"),
+     ".2f", 100.0, "%"),
+    ("acc after 1 retrain epoch", _get("retrain_accuracy_after_one_epoch"),
+     ".2f", 100.0, "%"),
+    ("restore epochs", _get("restore_epochs"), ".1f", 1.0, ""),
+    ("training PFLOPs", _get("flops", "training_flops_spent"), ".3f", 1e-15, ""),
+    ("wall time total", _get("times", "total"), ".0f", 1.0, "s"),
+)
+
+
+def _by_arm(runs: Sequence[dict]) -> dict[str, list[dict]]:
+    arms = collections.OrderedDict()
+    for r in sorted(runs, key=lambda r: (r["variant"], r["seed"])):
+        arms.setdefault(r["variant"], []).append(r)
+    return arms
+
+
+def _render(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |",
+             "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _used_metrics(runs: Sequence[dict]):
+    # A column no run has (e.g. BN recalibration when it was off) is left out.
+    return [m for m in METRICS if any(m[1](r) is not None for r in runs)]
+
+
+def arms_table(runs: Sequence[dict]) -> str:
+    """One row per arm: every metric as mean ± sd (n), converged k/n."""
+    metrics = _used_metrics(runs)
+    headers = ["arm", "seeds", "converged"] + [m[0] for m in metrics]
+    rows = []
+    for arm, arm_runs in _by_arm(runs).items():
+        conv = sum(bool(r["summary"].get("converged")) for r in arm_runs)
+        row = [arm, ",".join(str(r["seed"]) for r in arm_runs),
+               f"{conv}/{len(arm_runs)}"]
+        for _, read, fmt, scale, suffix in metrics:
+            row.append(stats.summarize([read(r) for r in arm_runs]).format(
+                fmt, scale, suffix))
+        rows.append(row)
+    return _render(headers, rows)
+
+
+def paired_table(runs: Sequence[dict], reference: str, compared: str) -> str | None:
+    """Per-seed ``compared - reference`` for every metric, with t CI and sign test.
+
+    Returns None when the two arms share no seed.
+    """
+    arms = _by_arm(runs)
+    if reference not in arms or compared not in arms:
+        return None
+    a = {r["seed"]: r for r in arms[reference]}
+    b = {r["seed"]: r for r in arms[compared]}
+    if not set(a) & set(b):
+        return None
+    headers = ["metric", reference, compared, f"{compared} − {reference} [95% t CI]",
+               "sign test (+/−/0, exact p)"]
+    rows = []
+    for name, read, fmt, scale, suffix in _used_metrics(runs):
+        cmp_ = stats.paired({s: read(r) for s, r in a.items()},
+                            {s: read(r) for s, r in b.items()})
+        p = "-" if cmp_.sign_p is None else f"{cmp_.sign_p:.3f}"
+        rows.append([
+            name, stats.summarize([read(r) for r in a.values()]).format(fmt, scale, suffix),
+            stats.summarize([read(r) for r in b.values()]).format(fmt, scale, suffix),
+            cmp_.format(fmt, scale, suffix) + f" (n={cmp_.n})",
+            f"{cmp_.positives}/{cmp_.negatives}/{cmp_.ties}, p={p}"])
+    return _render(headers, rows)
+
+
+def _window_full_search(run: dict) -> tuple[list[float], list[float]]:
+    pts = [(r["epoch"], r["d_max"]) for r in run["trajectory"]
+           if r["phase"] == "search" and r.get("d_max") is not None
+           and r["d_max"] < 1.0]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def elbow_table(runs: Sequence[dict]) -> str:
+    """Per run: the d_max elbow (epoch, value) and the WORM trigger epoch."""
+    rows = []
+    for arm, arm_runs in _by_arm(runs).items():
+        for r in arm_runs:
+            xs, ys = _window_full_search(r)
+            found = stats.elbow(xs, ys)
+            trig = next((t["epoch"] for t in r["trajectory"]
+                         if t["phase"] == "search" and t.get("truncation_active")), None)
+            rows.append([arm, str(r["seed"]),
+                         "-" if found is None else f"{found[0]:.0f}",
+                         "-" if found is None else f"{found[1]:.3f}",
+                         "-" if trig is None else str(trig),
+                         str(r["summary"].get("ticket_epoch"))])
+    return _render(["arm", "seed", "elbow epoch", "elbow d_max",
+                    "trigger epoch", "ticket epoch"], rows)
