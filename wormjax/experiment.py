@@ -19,6 +19,7 @@ import numpy as np
 
 from wormjax import _validate
 from wormjax import checkpoint as ckpt_lib
+from wormjax import models
 from wormjax import plots
 from wormjax import report
 from wormjax import search as search_lib
@@ -81,6 +82,8 @@ def validate_config(config) -> list[run_lib.Variant]:
     _validate.one_of("optim.name", config.optim.name, ("sgd", "adamw"))
     _validate.half_open_interval("optim.learning_rate", config.optim.learning_rate,
                                  0.0, 10.0)
+    state_lib.validate_optim_config(config.optim)  # schedule, sparsity, decay mask
+    models.check_bn_scale_init(config.model.get("bn_scale_init", 1.0))
     _validate.at_least("optim.batch_size", config.optim.batch_size, 1)
     _validate.at_least("optim.eval_batch_size", config.optim.eval_batch_size, 1)
     _validate.one_of("retrain.target_kind", config.retrain.target_kind,
