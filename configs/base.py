@@ -22,6 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16 | float16
     c.model.pretrained = ""  # torchvision state dict file (.safetensors / .pth)
     c.model.replace_head = True  # with pretrained: new head for num_classes
+    c.model.bn_scale_init = 1.0  # initial BatchNorm scale gamma (Early-Bird's code: 0.5)
 
     c.data = ml_collections.ConfigDict()
     c.data.name = "cifar10"  # cifar10 | digits (bundled offline demo)
@@ -43,6 +44,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.optim.grad_clip_norm = 0.0  # 0: no clipping
     c.optim.batch_size = 32  # the paper's batch
     c.optim.eval_batch_size = 500
+    c.optim.sparsity = 0.0  # network slimming: grad(BN scale) += s * sign(scale); 0 = off
+    # auto (sgd: constant, adamw: warmup_linear) | constant | step | warmup_linear
+    c.optim.schedule = "auto"
+    c.optim.step_fractions = "0.5,0.75"  # step: lr drops at these fractions of all steps
+    c.optim.step_factor = 0.1  # step: lr multiplier at each drop, in (0, 1]
+    c.optim.decay_norm_and_bias = False  # weight decay on norm scales and biases too
 
     c.search = ml_collections.ConfigDict()
     c.search.schedule = "worm"  # none (EB Train) | worm | always | greedy

@@ -40,6 +40,7 @@ def get_config(task: str, schedule: str) -> ml_collections.ConfigDict:
     c.optim.name = "adamw"
     c.optim.learning_rate = 2e-5  # BERT fine-tuning peak rate
     c.optim.weight_decay = 0.01
+    c.optim.decay_norm_and_bias = True  # decay LayerNorm and biases too, as always so far
     c.optim.warmup_steps = 0  # used when warmup_fraction is 0
     c.optim.warmup_fraction = 0.1  # of all steps (search + retrain max epochs)
     c.optim.grad_clip_norm = 1.0

@@ -75,6 +75,13 @@ def test_every_shipped_config_passes():
 # -- bad values, in-process: (make, field, value, what the message must say) -------------
 
 BAD_VALUES = [
+    ("image", "optim.sparsity", -1e-4, "optim.sparsity must be in [0.0, 1.0]"),
+    ("image", "optim.schedule", "cosine", "unknown optim.schedule 'cosine'"),
+    ("image", "optim.step_fractions", "0.75,0.5", "optim.step_fractions must be strictly increasing"),
+    ("image", "optim.step_fractions", "a,b", "optim.step_fractions must be comma-separated"),
+    ("image", "optim.step_factor", 0.0, "optim.step_factor must be in (0.0, 1.0]"),
+    ("image", "optim.decay_norm_and_bias", "yes", "optim.decay_norm_and_bias must be"),
+    ("image", "model.bn_scale_init", 0.0, "model.bn_scale_init must be in (0.0, inf)"),
     ("image", "optim.momentum", 1.5, "optim.momentum must be in [0.0, 1.0), got 1.5"),
     ("image", "optim.momentum", -0.1, "optim.momentum must be in [0.0, 1.0)"),
     ("image", "optim.grad_clip_norm", -1.0, "optim.grad_clip_norm must be a finite number >= 0"),

@@ -22,6 +22,7 @@ from wormjax.selectors import TicketLayout
 from wormjax.selectors import attention_selector
 from wormjax.selectors import batchnorm_selector
 from wormjax.selectors import path_selector
+from wormjax.sparsity import sparsity_penalty
 from wormjax.structured import build_compact
 from wormjax.structured import compact_channels
 from wormjax.structured import load_compact

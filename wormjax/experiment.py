@@ -71,6 +71,8 @@ def validate_config(config) -> list[run_lib.Variant]:
     """Checks every field (``config_checks``) before any data is read or compiled."""
     task_cls = _task_class(config)
     task_cls.validate_config(config)
+    # The recipe's cross-field rules (step fractions against the schedule).
+    state_lib.validate_optim_config(config.optim)
     variants = variants_from_config(config)
     for v in variants:  # EarlyBirdConfig validates p, l, s, delta, r
         run_lib._search_config(config, v)

@@ -86,7 +86,7 @@ def _resnet_slices(model, kept: dict[str, np.ndarray], dense: dict[str, int]) ->
 # Exact classes, (slices, residual groups): a subclass may wire its layers differently.
 _RESNET = (_resnet_slices, lambda: [[common.path_str(p) for p in group]
                                      for group in resnet.residual_groups()])
-_FAMILIES = {vgg.CifarVGG11: (_vgg_slices, list),
+_FAMILIES = {vgg.CifarVGG11: (_vgg_slices, list), vgg.CifarVGG16: (_vgg_slices, list),
              vgg.TorchvisionVGG11BN: (_vgg_slices, list),
              resnet.CifarResNet18: _RESNET, resnet.TorchvisionResNet18: _RESNET}
 _CLASSES = {cls.__name__: cls for cls in _FAMILIES}

@@ -120,6 +120,7 @@ class BasicBlock(nn.Module):
     stride: int
     projection: bool
     dtype: Any = jnp.float32
+    bn_scale_init: float = 1.0
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -128,13 +129,16 @@ class BasicBlock(nn.Module):
         def conv(features, kernel, stride, pad, name):
             return _conv(features, kernel, stride, pad, self.dtype, name)
 
+        def bn(name):
+            return common.batch_norm(train, name, self.dtype, self.bn_scale_init)
+
         y = conv(self.mid_channels, 3, self.stride, 1, "conv1")(x)
-        y = nn.relu(common.batch_norm(train, "bn1", self.dtype)(y))
+        y = nn.relu(bn("bn1")(y))
         y = conv(self.out_channels, 3, 1, 1, "conv2")(y)
-        y = common.batch_norm(train, "bn2", self.dtype)(y)
+        y = bn("bn2")(y)
         if self.projection:
             shortcut = conv(self.out_channels, 1, self.stride, 0, "shortcut_conv")(x)
-            shortcut = common.batch_norm(train, "shortcut_bn", self.dtype)(shortcut)
+            shortcut = bn("shortcut_bn")(shortcut)
         else:
             shortcut = x
         return nn.relu(y + shortcut)
@@ -147,6 +151,7 @@ class _ResNet18(nn.Module):
     width: float = 1.0
     channels: Sequence[int] | None = None
     dtype: Any = jnp.float32
+    bn_scale_init: float = 1.0  # initial BatchNorm scale; Early-Bird's code used 0.5
 
     imagenet_stem: ClassVar[bool] = False
     head_name: ClassVar[str] = "fc"
@@ -172,7 +177,7 @@ class _ResNet18(nn.Module):
         x = jnp.asarray(x_BHWC, self.dtype)
         kernel, stride, pad = (7, 2, 3) if self.imagenet_stem else (3, 1, 1)
         x = _conv(next(chans), kernel, stride, pad, self.dtype, "conv1")(x)
-        x = nn.relu(common.batch_norm(train, "bn1", self.dtype)(x))
+        x = nn.relu(common.batch_norm(train, "bn1", self.dtype, self.bn_scale_init)(x))
         if self.imagenet_stem:
             # Padding with -inf, as torch's MaxPool2d(3, 2, padding=1) does.
             x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
@@ -180,9 +185,8 @@ class _ResNet18(nn.Module):
             mid, out = next(chans), next(chans)
             if projection:
                 next(chans)  # shortcut_bn, equal to `out` (checked in bn_channels).
-            x = BasicBlock(mid, out, block_stride, projection, self.dtype, name=name)(
-                x, train
-            )
+            x = BasicBlock(mid, out, block_stride, projection, self.dtype,
+                           bn_scale_init=self.bn_scale_init, name=name)(x, train)
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dense(self.num_classes, dtype=self.dtype, name=self.head_name)(x)
         return jnp.asarray(x, jnp.float32)

@@ -1,10 +1,10 @@
-"""VGG-11 with BatchNorm: Early-Bird's CIFAR variant and torchvision's ``vgg11_bn``.
+"""VGG with BatchNorm: Early-Bird's CIFAR VGG-11 and VGG-16, torchvision's ``vgg11_bn``.
 
-Both share the feature extractor: conv ``conv{i}`` -> BatchNorm ``bn{i}`` -> ReLU for
-the i-th conv (i = 0..7), 2x2 max pools in between. ``channels`` overrides the per-conv
-widths: one entry per conv, which is one per BatchNorm, in definition order, so
-structured pruning builds a narrower model whose ``channels[i]`` is the number of kept
-channels of ``bn{i}``.
+All share the feature extractor: conv ``conv{i}`` -> BatchNorm ``bn{i}`` -> ReLU for
+the i-th conv (i = 0..7; 0..12 for VGG-16), 2x2 max pools in between. ``channels``
+overrides the per-conv widths: one entry per conv, which is one per BatchNorm, in
+definition order, so structured pruning builds a narrower model whose ``channels[i]``
+is the number of kept channels of ``bn{i}``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ from wormjax.models import common
 # 'M' is a 2x2 max pool; ints are 3x3 conv widths at width 1.
 CIFAR_VGG11_CFG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512)
 TORCHVISION_VGG11_CFG = CIFAR_VGG11_CFG + ("M",)
+# Early-Bird's CIFAR VGG-16 (its models/vgg.py, depth 16): 13 convs, 4,224 BN channels.
+CIFAR_VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
+                   512, 512, 512, "M", 512, 512, 512)
 
 
 def conv_widths(cfg: Sequence[int | str]) -> tuple[int, ...]:
@@ -133,6 +136,24 @@ class CifarVGG11(nn.Module):
         return jnp.asarray(x, jnp.float32)
 
 
+class CifarVGG16(CifarVGG11):
+    """Early-Bird's CIFAR VGG-16: 13 bias-free convs + BN, 2x2 avg pool, one Dense.
+
+    The layout of :class:`CifarVGG11` with Early-Bird's depth-16 config
+    ``[64, 64, M, 128, 128, M, 256 x 3, M, 512 x 3, M, 512 x 3]``: 4,224 BatchNorm
+    channels at width 1, ``conv0``..``conv12`` / ``bn0``..``bn12``.
+
+    Attributes:
+      num_classes: output classes.
+      width: channel multiplier, ``max(1, round(c * width))`` per conv.
+      channels: 13 explicit conv widths overriding ``width`` (one per BatchNorm).
+      dtype: computation dtype; logits are returned in float32.
+      bn_scale_init: initial BatchNorm scale; Early-Bird's code used 0.5.
+    """
+
+    cfg: ClassVar[tuple] = CIFAR_VGG16_CFG
+
+
 class TorchvisionVGG11BN(nn.Module):
     """torchvision's ``vgg11_bn``: convs with bias + BN, 7x7 adaptive pool, 3 Dense.
 
@@ -146,6 +167,7 @@ class TorchvisionVGG11BN(nn.Module):
         classifier width still follows ``width``.
       dtype: computation dtype; logits are returned in float32.
       dropout_rate: classifier dropout, active when ``train`` (uses the 'dropout' rng).
+      bn_scale_init: initial BatchNorm scale (imported weights replace it).
     """
 
     num_classes: int = 1000
@@ -153,6 +175,7 @@ class TorchvisionVGG11BN(nn.Module):
     channels: Sequence[int] | None = None
     dtype: Any = jnp.float32
     dropout_rate: float = 0.5
+    bn_scale_init: float = 1.0
 
     cfg: ClassVar[tuple] = TORCHVISION_VGG11_CFG
     head_name: ClassVar[str] = "fc3"
@@ -183,6 +206,7 @@ class TorchvisionVGG11BN(nn.Module):
             train,
             self.dtype,
             use_bias=True,
+            bn_scale_init=self.bn_scale_init,
         )
         x = common.adaptive_avg_pool(x, self.pooled_hw)
         x = x.reshape(x.shape[0], -1)

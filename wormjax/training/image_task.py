@@ -77,8 +77,9 @@ class ImageTask:
                 f"optim.batch_size={config.optim.batch_size} exceeds the "
                 f"{len(self.train_ds)} training examples")
         num_classes = model_cfg.num_classes or self.train_ds.num_classes
-        self.model = models.create_cnn(model_cfg.name, num_classes, model_cfg.width,
-                                       model_cfg.dtype)
+        self.model = models.create_cnn(
+            model_cfg.name, num_classes, model_cfg.width, model_cfg.dtype,
+            bn_scale_init=model_cfg.get("bn_scale_init", 1.0))
         self.name = data.name
         self.selector = selectors_lib.batchnorm_selector()
         self.batch_size = config.optim.batch_size
