@@ -177,7 +177,10 @@ def _check_on_host(step_dir: str) -> None:
         meta = _read_meta(step_dir)
         checkpointer = ocp.PyTreeCheckpointer()
         path = os.path.join(step_dir, "state")
-        tree_meta = checkpointer.metadata(path).item_metadata.tree
+        item = checkpointer.metadata(path).item_metadata
+        if item is None:
+            raise FileNotFoundError(f"no array metadata in {path}")
+        tree_meta = item.tree
         restore_args = jax.tree_util.tree_map(
             lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree_meta)
         tree = checkpointer.restore(path, restore_args=restore_args)
