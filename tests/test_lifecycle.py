@@ -282,3 +282,16 @@ def test_sigint_through_launch_checkpoints_says_how_to_resume_and_resumes(tmp_pa
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resumed worm seed 0 from checkpoint" in done.stderr
     assert len(json.load(open(tmp_path / "summary.json"))["runs"]) == 1
+
+
+def test_sigterm_becomes_a_stop_request_and_a_second_one_is_not_caught():
+    previous = signal.getsignal(signal.SIGTERM)
+    with interrupt.handle_signals():
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert interrupt.stop_requested()
+        assert interrupt.signal_number() == signal.SIGTERM
+        # The next SIGTERM would reach the old handler: a stuck stop can be killed.
+        assert signal.getsignal(signal.SIGTERM) == previous
+    assert not interrupt.stop_requested()
+    assert interrupt.exit_code(signal.SIGTERM) == 143
+    assert interrupt.exit_code(signal.SIGINT) == 130
