@@ -173,17 +173,17 @@ def _read_meta(step_dir: str) -> dict:
 
 def _check_on_host(step_dir: str) -> None:
     """Reads a step's metadata and every array (as numpy) and checks the digests."""
+    path = os.path.join(step_dir, "state")
     try:
         meta = _read_meta(step_dir)
-        checkpointer = ocp.PyTreeCheckpointer()
-        path = os.path.join(step_dir, "state")
-        item = checkpointer.metadata(path).item_metadata
-        if item is None:
-            raise FileNotFoundError(f"no array metadata in {path}")
-        tree_meta = item.tree
-        restore_args = jax.tree_util.tree_map(
-            lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree_meta)
-        tree = checkpointer.restore(path, restore_args=restore_args)
+        # Closed on the way out, so no thread of it outlives a failed read.
+        with ocp.PyTreeCheckpointer() as checkpointer:
+            item = checkpointer.metadata(path).item_metadata
+            if item is None:
+                raise FileNotFoundError(f"no array metadata in {path}")
+            restore_args = jax.tree_util.tree_map(
+                lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item.tree)
+            tree = checkpointer.restore(path, restore_args=restore_args)
     except Exception as err:  # orbax/tensorstore raise many types for a bad folder
         raise CorruptCheckpointError(f"unreadable: {type(err).__name__}: {err}") from err
     _verify(tree, meta, "it")
