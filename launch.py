@@ -2,13 +2,15 @@
 
 Any config field can be overridden (``--config.search.max_epochs=3``). Re-running
 with the same ``--workdir`` resumes an interrupted run; a workdir holding a
-different config is refused.
+different config is refused. Ctrl-C (or SIGTERM) ends the current step,
+checkpoints and prints the command that resumes; a second Ctrl-C stops at once.
 """
 
 import ast
 import importlib.util
 import logging
 import os
+import shlex
 import sys
 from typing import NoReturn
 
@@ -127,6 +129,19 @@ def parse_flags(argv):
     _usage_exit(message)
 
 
+def resume_command(workdir: str) -> str:
+    """This invocation's command line, with ``--workdir`` spelled out."""
+    args, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip or arg.startswith(("--workdir=", "-workdir=")):
+            skip = False
+        elif arg in ("--workdir", "-workdir"):
+            skip = True  # its value follows
+        else:
+            args.append(arg)
+    return shlex.join(["python", sys.argv[0], *args, f"--workdir={workdir}"])
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -134,6 +149,7 @@ def main(argv):
     import jax  # noqa: PLC0415 - after flag parsing and XLA_FLAGS
 
     from wormjax import experiment  # noqa: PLC0415
+    from wormjax.training import interrupt  # noqa: PLC0415
 
     if _JAX_CACHE.value:
         jax.config.update("jax_compilation_cache_dir", _JAX_CACHE.value)
@@ -146,7 +162,15 @@ def main(argv):
         config_flags.get_config_filename(flags.FLAGS["config"]))
     workdir = _WORKDIR.value or os.path.join("runs", os.path.splitext(config_name)[0])
     try:
-        experiment.run_experiment(config, workdir)
+        with interrupt.handle_signals():
+            experiment.run_experiment(config, workdir)
+    except interrupt.Interrupted as err:
+        print(f"wormjax: {err}; resume with: {resume_command(workdir)}", file=sys.stderr)
+        sys.exit(interrupt.exit_code(err.signum))
+    except KeyboardInterrupt:  # a second Ctrl-C: no checkpoint of this point
+        print("wormjax: stopped at once; resume from the last checkpoint with: "
+              f"{resume_command(workdir)}", file=sys.stderr)
+        sys.exit(interrupt.exit_code(2))
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         logging.error("%s", err)
         sys.exit(f"wormjax: {err}")

@@ -1,27 +1,42 @@
-"""Run checkpoints with orbax: atomic, resumable, refusing foreign workdirs.
+"""Run checkpoints with orbax: atomic, verified, resumable, refusing foreign workdirs.
 
 Orbax writes each step into a temporary folder and renames it only once the
 write has committed, so an interrupted save leaves the previous checkpoint as
-the latest one; ``max_to_keep`` keeps more than one good step on disk.
+the latest one; ``max_to_keep`` keeps more than one good step on disk. Orbax
+keeps no checksum, so the metadata of every step holds the sha256 of each
+saved array, checked after every restore. A step that cannot be read whole or
+fails its digests is set aside (renamed ``<step>.corrupt-<time>``, never
+deleted) and the next-newest is used instead.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
-from typing import Any
+import time
+from typing import Any, Callable
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
+from wormjax import _validate
 from wormjax import report
 
-__all__ = ["RunCheckpointer", "check_workdir_config", "config_fingerprint"]
+__all__ = ["RunCheckpointer", "CorruptCheckpointError", "check_workdir_config",
+           "record_workdir_config", "config_fingerprint", "tree_digests",
+           "set_aside_unreadable"]
 
 # Fields that change nothing about what a run computes (the device count
 # only changes float rounding), so a run may resume with other values.
+# data.dir says where the data is, not what it is: a moved or extracted data
+# set resumes (data.source, which picks the reader, stays part of the run).
 _HARMLESS_FIELDS = ("log_every_steps", "progress_bar", "checkpoint.max_to_keep",
-                    "data.prefetch", "mesh.data", "mesh.distributed")
+                    "data.prefetch", "mesh.data", "mesh.distributed", "data.dir")
+DIGESTS_KEY = "digests"
+
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -42,7 +57,10 @@ def config_fingerprint(config_dict: dict) -> dict[str, Any]:
 
 
 def check_workdir_config(workdir: str, config_dict: dict) -> bool:
-    """Records the config in a new workdir, or checks it matches an old one.
+    """Checks the config matches the one a workdir's run was started with.
+
+    A new workdir is only recorded (``record_workdir_config``) once its run
+    has started, so a start that fails (a bad ``data.dir``) poisons nothing.
 
     Returns:
       True when the workdir already held this run (a resume).
@@ -54,7 +72,6 @@ def check_workdir_config(workdir: str, config_dict: dict) -> bool:
     path = os.path.join(workdir, "config.json")
     fingerprint = config_fingerprint(config_dict)
     if not os.path.exists(path):
-        report.write_summary(path, config_dict)
         return False
     try:
         with open(path) as f:
@@ -73,44 +90,225 @@ def check_workdir_config(workdir: str, config_dict: dict) -> bool:
     return True
 
 
+def record_workdir_config(workdir: str, config_dict: dict) -> None:
+    """Writes ``<workdir>/config.json``, the identity later resumes are checked against."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        report.write_summary(path, config_dict)
+
+
+class CorruptCheckpointError(ValueError):
+    """A checkpoint that cannot be read back whole, or fails its digests."""
+
+
+def _key_name(path) -> str:
+    # Orbax restores dataclasses and tuples as dicts; the names agree either way.
+    parts = []
+    for key in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+    return "/".join(parts)
+
+
+def _leaf_digest(leaf) -> str:
+    if isinstance(leaf, jax.Array):
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        if not leaf.is_fully_addressable:  # replicated: one shard is the whole value
+            leaf = leaf.addressable_data(0)
+    array = np.ascontiguousarray(np.asarray(jax.device_get(leaf)))
+    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def tree_digests(tree) -> dict[str, str]:
+    """The sha256 of every leaf of ``tree`` (dtype, shape and bytes), by leaf path."""
+    return {_key_name(path): _leaf_digest(leaf)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _verify(tree, meta: dict, where: str) -> None:
+    expected = meta.get(DIGESTS_KEY)
+    if expected is None:  # written before digests existed: nothing to check
+        return
+    actual = tree_digests(tree)
+    bad = sorted(k for k in set(expected) | set(actual)
+                 if expected.get(k) != actual.get(k))
+    if bad:
+        raise CorruptCheckpointError(
+            f"{where} fails its digest check ({len(bad)} of {len(expected)} arrays "
+            f"differ from what was saved, e.g. {bad[0]!r})")
+
+
+def _set_aside(directory: str, step: int, reason: Exception) -> str:
+    """Renames a bad step out of orbax's numbering; returns the new path."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = os.path.join(directory, f"{step}.corrupt-{stamp}")
+    suffix = 0
+    while os.path.exists(target):
+        suffix += 1
+        target = os.path.join(directory, f"{step}.corrupt-{stamp}-{suffix}")
+    os.rename(os.path.join(directory, str(step)), target)
+    logging.warning("checkpoint %d in %s is unusable (%s); set it aside as %s and "
+                    "trying the previous one", step, directory, reason, target)
+    return target
+
+
+def _step_folders(directory: str) -> list[int]:
+    """The committed steps of a checkpoint folder, newest first."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted((int(n) for n in os.listdir(directory)
+                   if n.isdigit() and os.path.isdir(os.path.join(directory, n))),
+                  reverse=True)
+
+
+def _read_meta(step_dir: str) -> dict:
+    with open(os.path.join(step_dir, "meta", "metadata"), encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _check_on_host(step_dir: str) -> None:
+    """Reads a step's metadata and every array (as numpy) and checks the digests."""
+    path = os.path.join(step_dir, "state")
+    try:
+        meta = _read_meta(step_dir)
+        # Closed on the way out, so no thread of it outlives a failed read.
+        with ocp.PyTreeCheckpointer() as checkpointer:
+            item = checkpointer.metadata(path).item_metadata
+            if item is None:
+                raise FileNotFoundError(f"no array metadata in {path}")
+            restore_args = jax.tree_util.tree_map(
+                lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item.tree)
+            tree = checkpointer.restore(path, restore_args=restore_args)
+    except Exception as err:  # orbax/tensorstore raise many types for a bad folder
+        raise CorruptCheckpointError(f"unreadable: {type(err).__name__}: {err}") from err
+    _verify(tree, meta, "it")
+
+
+def set_aside_unreadable(directory: str) -> list[str]:
+    """Sets aside the newest steps of ``directory`` until one reads back whole.
+
+    Runs on the host before anything compiles, so a bad checkpoint is found at
+    once instead of after the warm-up. It reads every array of the newest good
+    step (once more at the restore itself, into the run's shardings): cheap
+    next to a training epoch, and the only check that sees flipped bytes.
+
+    Args:
+      directory: a run's checkpoint folder (may not exist yet).
+
+    Returns:
+      The paths the bad steps were renamed to, newest first.
+    """
+    moved = []
+    for step in _step_folders(directory):
+        try:
+            _check_on_host(os.path.join(directory, str(step)))
+            break
+        except CorruptCheckpointError as err:
+            moved.append(_set_aside(directory, step, err))
+    return moved
+
+
 class RunCheckpointer:
-    """One orbax CheckpointManager: a pytree plus JSON metadata per step."""
+    """One orbax CheckpointManager: a pytree plus JSON metadata per step.
+
+    Saves are asynchronous: ``save`` returns once the arrays are copied off
+    the devices and orbax writes (and atomically commits) them in the
+    background; every restore and ``close`` waits for that write first.
+
+    Args:
+      directory: the checkpoint folder, created if missing.
+      max_to_keep: committed steps kept on disk, >= 1 (one more than the
+        newest lets a corrupt newest step fall back to the previous one).
+    """
 
     def __init__(self, directory: str, max_to_keep: int = 2):
+        _validate.at_least("checkpoint.max_to_keep", max_to_keep, 1)
         self.directory = os.path.abspath(directory)
         self._manager = ocp.CheckpointManager(
             self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                                 enable_async_checkpointing=True),
         )
 
     def latest_step(self) -> int | None:
+        """The newest committed step, or None."""
         return self._manager.latest_step()
 
     def save(self, step: int, tree, meta: dict) -> None:
-        """Saves step ``step``; returns once it is committed on disk."""
+        """Starts saving ``tree`` and ``meta`` (plus the tree's digests) as ``step``.
+
+        Args:
+          step: the checkpoint's number (the run's global training step).
+          tree: a pytree of arrays; safe to donate once this returns.
+          meta: JSON-able bookkeeping; ``restore`` returns it.
+        """
+        meta = dict(meta, **{DIGESTS_KEY: tree_digests(tree)})
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(tree),
             meta=ocp.args.JsonSave(json.loads(report.to_json(meta)))))
+
+    def wait(self) -> None:
+        """Blocks until the save in flight, if any, is committed on disk."""
         self._manager.wait_until_finished()
 
     def restore_meta(self, step: int) -> dict:
+        """The metadata of ``step``; raises CorruptCheckpointError if unreadable."""
+        self.wait()
         try:
             return self._manager.restore(
                 step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
         except Exception as err:  # orbax raises many types for a bad folder
-            raise ValueError(
+            raise CorruptCheckpointError(
                 f"checkpoint {step} in {self.directory} is unreadable: {err}") from err
 
-    def restore(self, step: int, like) -> Any:
-        """Restores the pytree of ``step`` into the structure of ``like``."""
+    def restore(self, step: int, like, meta: dict | None = None) -> Any:
+        """Restores the pytree of ``step`` into the structure of ``like``, verified.
+
+        Args:
+          step: the step to read.
+          like: a pytree of arrays with the shapes, dtypes and shardings wanted.
+          meta: the step's metadata (read again when None), for the digests.
+
+        Raises:
+          CorruptCheckpointError: unreadable, another structure, or a digest
+            differs from the one saved.
+        """
+        meta = self.restore_meta(step) if meta is None else meta
         abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, like)
         try:
-            return self._manager.restore(step, args=ocp.args.Composite(
+            tree = self._manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract))).state
         except Exception as err:
-            raise ValueError(
+            raise CorruptCheckpointError(
                 f"checkpoint {step} in {self.directory} does not match this run "
                 f"(corrupt, or written by another model/config): {err}") from err
+        _verify(tree, meta, f"checkpoint {step} in {self.directory}")
+        return tree
+
+    def restore_newest_good(self, like_fn: Callable[[dict], Any]):
+        """Restores the newest step that reads back whole, setting bad ones aside.
+
+        Args:
+          like_fn: metadata -> the ``like`` tree of ``restore`` for that step.
+
+        Returns:
+          (step, meta, tree), or None when no step is left (a fresh start).
+        """
+        self.wait()
+        for step in sorted(self._manager.all_steps(), reverse=True):
+            try:
+                meta = self.restore_meta(step)
+                return step, meta, self.restore(step, like_fn(meta), meta)
+            except CorruptCheckpointError as err:
+                _set_aside(self.directory, step, err)
+                self._manager.reload()
+        return None
 
     def close(self) -> None:
+        """Waits for the save in flight and releases orbax's threads."""
         self._manager.close()

@@ -24,7 +24,9 @@ from wormjax import plots
 from wormjax import report
 from wormjax import search as search_lib
 from wormjax import tables as tables_lib
+from wormjax import workdir as workdir_lib
 from wormjax.training import distributed
+from wormjax.training import interrupt
 from wormjax.training import run as run_lib
 from wormjax.training import state as state_lib
 from wormjax.training import steps as steps_lib
@@ -179,31 +181,58 @@ def _log_record(writer: report.MetricsWriter, record: dict) -> None:
 def run_experiment(config, workdir: str, *, print_fn=print) -> dict:
     """Runs (or resumes) every variant x seed of ``config`` in ``workdir``.
 
+    Holds ``<workdir>/.lock`` throughout, so a second run on the same workdir
+    is refused at once.
+
     Returns:
       The experiment summary, also written to ``<workdir>/summary.json``.
+
+    Raises:
+      ValueError: a bad config or workdir, before any work.
+      workdir.WorkdirInUseError: another process runs in ``workdir``.
+      interrupt.Interrupted: a stop was requested (after checkpointing).
     """
     variants = validate_config(config)
+    with workdir_lib.locked(workdir_lib.prepare(workdir)):
+        return _run_locked(config, workdir, variants, print_fn)
+
+
+def _stop_if_requested(where: str) -> None:
+    if interrupt.stop_requested():
+        raise interrupt.Interrupted(interrupt.signal_number(), where)
+
+
+def _run_locked(config, workdir: str, variants, print_fn) -> dict:
     distributed.maybe_initialize_distributed(config.mesh.distributed)
     parallel = distributed.make_data_parallel(config.mesh.data)
     distributed.check_divisible("optim.batch_size", config.optim.batch_size,
                                 parallel.num_devices)
     distributed.check_divisible("optim.eval_batch_size", config.optim.eval_batch_size,
                                 parallel.num_devices)
-    os.makedirs(workdir, exist_ok=True)
     config_dict = json.loads(config.to_json_best_effort())
     resumed = ckpt_lib.check_workdir_config(workdir, config_dict)
     logging.info("%s experiment in %s", "resuming" if resumed else "starting", workdir)
+    seeds = [config.seed + offset for offset in range(config.experiment.num_seeds)]
+    # Before compiling: a corrupt newest checkpoint is found (and set aside) now,
+    # not after the warm-up. Digests are checked again at the restore itself.
+    for seed in seeds:
+        for variant in variants:
+            ckpt_lib.set_aside_unreadable(
+                os.path.join(workdir, f"{variant.name}_seed{seed}", "checkpoints"))
     started = time.perf_counter()
     task = _make_task(config)
     res = _build_resources(config, task, parallel)
+    # Only now is this the workdir's run: a start that failed before poisons nothing.
+    ckpt_lib.record_workdir_config(workdir, config_dict)
     summaries = []
-    for offset in range(config.experiment.num_seeds):
-        seed = config.seed + offset
+    for seed in seeds:
         for variant in variants:
+            _stop_if_requested(f"before {variant.name} seed {seed}")
             run_dir = os.path.join(workdir, f"{variant.name}_seed{seed}")
             # Opened before the run so its set-up cost stays out of the timings.
             with report.MetricsWriter(workdir, variant.name, seed) as writer:
                 res.log = functools.partial(_log_record, writer)
+                res.rewind_log = writer.rewind
                 run_summary = run_lib.run_variant(res, variant, seed, run_dir)
             report.write_summary(os.path.join(run_dir, "summary.json"), run_summary)
             summaries.append(run_summary)

@@ -101,6 +101,50 @@ class MetricsWriter:
         if self._tb is not None:
             self._mirror(record)
 
+    def rewind(self, keep: int | None) -> None:
+        """Drops this run's records after its first ``keep`` (a resume logs them again).
+
+        ``metrics.jsonl`` is rewritten without them (other runs' records and
+        their order are kept) and this run's TensorBoard events are written
+        anew from the records kept, so neither holds a record twice.
+
+        Args:
+          keep: records of this variant and seed to keep; None keeps all (a
+            checkpoint from before the count was stored).
+        """
+        if keep is None:
+            return
+        self._file.flush()
+        with open(self.path, encoding="utf-8") as f:
+            lines = [line for line in f if line.strip()]
+        kept, mine = [], []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a partial line a kill left behind
+            if (record.get("variant"), record.get("seed")) == (self.variant, self.seed):
+                if len(mine) >= keep:
+                    continue
+                mine.append(record)
+            kept.append(line if line.endswith("\n") else line + "\n")
+        if len(kept) == len(lines):
+            return
+        self._file.close()
+        tmp = self.path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+        os.replace(tmp, self.path)
+        self._file = open(self.path, "a", encoding="utf-8")  # pylint: disable=consider-using-with
+        if self._tb is not None:
+            self._tb.close()
+            for name in os.listdir(self.tensorboard_dir):
+                if name.startswith("events.out.tfevents"):
+                    os.remove(os.path.join(self.tensorboard_dir, name))
+            self._tb = _open_tensorboard(self.tensorboard_dir)
+            for record in mine:
+                self._mirror(record)
+
     def _mirror(self, record: dict) -> None:
         phase = record.get("phase", "train")
         if record.get("kind") == "step":

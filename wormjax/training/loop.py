@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, NamedTuple
 
 import jax
 from tqdm.auto import tqdm
@@ -17,17 +17,29 @@ from tqdm.auto import tqdm
 from wormjax.data import pipeline
 from wormjax.training import steps as steps_lib
 
-__all__ = ["NonFiniteLossError", "train_epoch", "evaluate"]
+__all__ = ["NonFiniteLossError", "EpochResult", "train_epoch", "evaluate"]
 
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
+class EpochResult(NamedTuple):
+    """What ``train_epoch`` hands back: enough to checkpoint inside the epoch."""
+
+    state: Any
+    metrics: dict  # of the steps run so far, this call and earlier ones
+    seconds: float  # this call's
+    steps: int  # steps of the epoch done, counting ``start_step``
+    acc: Any  # the running metric accumulator (resume it with ``acc=``)
+
+
 def train_epoch(step_fn: Callable, state, batches: Iterable, *, num_steps: int,
                 log_every: int, on_log: Callable[[int, dict], None] | None = None,
                 description: str = "", progress: bool = True, prefetch: int = 2,
-                put_fn: Callable | None = None, replicate: Callable = lambda x: x):
+                put_fn: Callable | None = None, replicate: Callable = lambda x: x,
+                start_step: int = 0, acc=None,
+                should_stop: Callable[[], bool] | None = None) -> EpochResult:
     """Runs ``step_fn(state, batch, acc) -> (state, acc)`` over one epoch.
 
     Args:
@@ -44,20 +56,27 @@ def train_epoch(step_fn: Callable, state, batches: Iterable, *, num_steps: int,
       put_fn: moves a host batch to the devices (None: the default device).
       replicate: places the metric accumulator like the state (a sharding
         that differs from one call to the next would recompile the step).
+      start_step: steps of this epoch already done (``batches`` starts after
+        them); a resumed epoch counts and logs steps as the whole one would.
+      acc: the accumulator of those steps (None: a fresh one).
+      should_stop: read before every step (host only); True ends the epoch
+        early, the result saying how many steps were done.
 
     Returns:
-      (state, metrics of the epoch, seconds).
+      An ``EpochResult``.
 
     Raises:
       NonFiniteLossError: the loss is NaN or infinite at a read.
     """
     start = time.perf_counter()
-    acc = replicate(steps_lib.zero_metrics())
-    bar = tqdm(total=num_steps, desc=description, leave=False, file=sys.stderr,
-               disable=not progress, dynamic_ncols=True)
-    done = 0
+    acc = replicate(steps_lib.zero_metrics() if acc is None else acc)
+    bar = tqdm(total=num_steps, initial=start_step, desc=description, leave=False,
+               file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    done = start_step
     with pipeline.prefetch_to_device(batches, size=prefetch, put_fn=put_fn) as it:
         for batch in it:
+            if should_stop is not None and should_stop():
+                break
             state, acc = step_fn(state, batch, acc)
             done += 1
             if log_every and done % log_every == 0:
@@ -70,7 +89,7 @@ def train_epoch(step_fn: Callable, state, batches: Iterable, *, num_steps: int,
     metrics = _checked(acc, description) if done else {"loss": math.nan,
                                                          "accuracy": math.nan}
     bar.close()
-    return state, metrics, time.perf_counter() - start
+    return EpochResult(state, metrics, time.perf_counter() - start, done, acc)
 
 
 def _checked(acc, description: str) -> dict:

@@ -3,7 +3,9 @@
 The phase, epoch, per-epoch records and accumulated times live in the
 checkpoint's metadata, next to the train state and the Early-Bird state, so a
 run killed at any point resumes where its last checkpoint left it and ends
-with the same summary as an uninterrupted one.
+with the same summary as an uninterrupted one. A stop request (SIGINT,
+SIGTERM) ends the current step and checkpoints inside the epoch
+(``wormjax.training.resume``).
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import logging
 import os
 import time
 from typing import Any, Callable, NamedTuple
@@ -26,7 +27,9 @@ from wormjax import search as search_lib
 from wormjax import structured
 from wormjax import truncation as truncation_lib
 from wormjax.models import common as model_common
+from wormjax.training import interrupt
 from wormjax.training import loop
+from wormjax.training import resume as resume_lib
 from wormjax.training import state as state_lib
 from wormjax.training import steps as steps_lib
 
@@ -64,6 +67,8 @@ class RunResources:
     num_params: int
     parallel: Any = None  # distributed.DataParallel: mesh and shardings
     log: Callable[[dict], None] = lambda record: None
+    # Keeps a run's first n logged records, dropping those a resume replays.
+    rewind_log: Callable[[int], None] = lambda n: None
     compile_seconds: float = 0.0
     # Dense forward FLOPs per trained example, averaged over an epoch's batch shapes
     # (text: length buckets); None means flops_per_example.
@@ -143,7 +148,7 @@ def _bar_label(variant, seed, phase, epoch, eb) -> str:
     return label
 
 
-class _Run:
+class _Run(resume_lib.Resumable):
     """The mutable bookkeeping of one run; all of it goes into checkpoints."""
 
     def __init__(self, res: RunResources, variant: Variant, seed: int, workdir: str):
@@ -157,7 +162,8 @@ class _Run:
             os.path.join(workdir, "checkpoints"),
             max_to_keep=self.config.checkpoint.max_to_keep)
         self.meta = {"phase": "search", "epoch": 0, "data_epoch": 0,
-                     "save_index": 0, "records": [], "examples_trained": 0,
+                     "step_in_epoch": 0, "logged": 0, "records": [],
+                     "examples_trained": 0,
                      "times": {"search": 0.0, "prune": 0.0, "retrain": 0.0},
                      "ticket": None, "pre_prune_accuracy": None,
                      "post_prune_accuracy": None, "restore_epochs": None,
@@ -166,6 +172,7 @@ class _Run:
         self.eb_update = res.eb_update_fn(self.search.config)
         self.retrain_entries = res.layout.num_entries
         self.compact_model = None
+        self.resume_acc = None  # the accumulator of a checkpoint inside an epoch
 
     def use_compact(self, channels):
         """Switches the steps to the compact model of structured pruning.
@@ -183,56 +190,42 @@ class _Run:
         self.retrain_entries = task.selector(abstract["params"]).num_entries
         return abstract
 
-    # -- checkpoints -------------------------------------------------------
-    def save(self, tree):
-        self.meta["save_index"] += 1
-        self.ckpt.save(self.meta["save_index"], tree, self.meta)
-
-    def restore_or_init(self, fresh_state, fresh_eb):
-        step = self.ckpt.latest_step()
-        if step is None:
-            return fresh_state, fresh_eb, None
-        self.meta = self.ckpt.restore_meta(step)
-        like = {"state": fresh_state, "eb": fresh_eb}
-        if self.meta.get("structured"):
-            abstract = self.use_compact(self.meta["structured"]["channels"])
-            zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype),
-                                           abstract)
-            like["state"] = self.res.parallel.replicate(
-                state_lib.create_train_state(zeros, self.tx, self.seed))
-        if self.meta["phase"] in ("retrain", "done") and self.meta.get("has_param_mask"):
-            like["param_mask"] = jax.tree_util.tree_map(
-                lambda p: jnp.ones(p.shape, jnp.float32), fresh_state.params)
-        tree = self.ckpt.restore(step, like)
-        logging.info("resumed %s seed %d from checkpoint %d (%s epoch %d)",
-                     self.variant.name, self.seed, step, self.meta["phase"],
-                     self.meta["epoch"])
-        return tree["state"], tree["eb"], tree.get("param_mask")
-
     def record(self, rec):
         self.meta["records"].append(rec)
-        self.res.log(rec)
+        self.log(rec)
 
     # -- phases ------------------------------------------------------------
-    def train_one_epoch(self, state, step_fn, phase, epoch, eb=None):
+    def train_one_epoch(self, state, step_fn, phase, epoch, t0, tree, eb=None):
+        """One epoch (or its rest, resumed); on a stop request, checkpoints and raises.
+
+        Args:
+          tree: the rest of the checkpoint tree (eb, param_mask) if it stops.
+        """
         def on_log(step, running):
-            self.res.log({"kind": "step", "variant": self.variant.name,
+            self.log({"kind": "step", "variant": self.variant.name,
                           "seed": self.seed, "phase": phase,
                           "step": int(epoch * self.res.task.steps_per_epoch + step),
                           "epoch": epoch, "loss": running["loss"],
                           "accuracy": running["accuracy"]})
 
-        batches = self.res.task.train_batches(self.seed, self.meta["data_epoch"])
-        state, metrics, seconds = loop.train_epoch(
+        start = self.meta["step_in_epoch"]
+        batches = self.res.task.train_batches(self.seed, self.meta["data_epoch"], start)
+        out = loop.train_epoch(
             step_fn, state, batches, num_steps=self.res.task.steps_per_epoch,
             log_every=self.config.log_every_steps, on_log=on_log,
             description=_bar_label(self.variant, self.seed, phase, epoch, eb),
             progress=self.config.progress_bar, prefetch=self.config.data.prefetch,
-            put_fn=self.res.parallel.put_batch, replicate=self.res.parallel.replicate)
+            put_fn=self.res.parallel.put_batch, replicate=self.res.parallel.replicate,
+            start_step=start, acc=self.resume_acc,
+            should_stop=interrupt.stop_requested)
+        self.resume_acc = None
+        if out.steps < self.res.task.steps_per_epoch:
+            self.stop_inside_epoch(out, t0, tree, f"{phase} epoch {epoch}")
+        self.meta.update(step_in_epoch=0, partial_seconds=0.0)
         self.meta["data_epoch"] += 1
         self.meta["examples_trained"] += (self.res.task.steps_per_epoch
                                           * self.res.task.batch_size)
-        return state, metrics, seconds
+        return out.state, out.metrics, out.seconds
 
     def evaluate(self, state):
         return loop.evaluate(self.steps.eval, state.params, state.batch_stats,
@@ -244,8 +237,9 @@ class _Run:
         max_epochs = self.config.search.max_epochs
         while self.meta["epoch"] < max_epochs:
             epoch = self.meta["epoch"]
-            t0 = time.perf_counter()
-            eb = self.eb_update(eb, state.params)
+            t0 = self.epoch_start()
+            if not self.meta["step_in_epoch"]:  # else resumed inside: eb is updated
+                eb = self.eb_update(eb, state.params)
             if bool(eb.converged):
                 self.meta["times"]["search"] += time.perf_counter() - t0
                 self.record(_epoch_record(self.variant, self.seed, "search", epoch,
@@ -255,8 +249,8 @@ class _Run:
             truncation = self.res.parallel.replicate(
                 truncation_lib.truncation_from_eb_state(eb))
             step_fn = functools.partial(self._train_step, truncation=truncation)
-            state, train_metrics, _ = self.train_one_epoch(state, step_fn, "search",
-                                                           epoch, eb)
+            state, train_metrics, _ = self.train_one_epoch(
+                state, step_fn, "search", epoch, t0, {"eb": eb}, eb)
             evaluation = self.evaluate(state)
             seconds = time.perf_counter() - t0
             self.meta["times"]["search"] += seconds
@@ -295,10 +289,8 @@ class _Run:
                          pruned_nonzero=int(pruned.nonzero),
                          target_accuracy=restore_target(self.config.retrain, pre))
         self.meta["times"]["prune"] += time.perf_counter() - t0
-        tree = {"state": new_state, "eb": eb}
-        if pruned.param_mask is not None:
-            tree["param_mask"] = pruned.param_mask
-        self.save(tree)
+        # Not checkpointed: the first retraining epoch's checkpoint holds it, and
+        # a kill before that redoes the prune (deterministic) from the search's.
         return new_state, pruned.param_mask
 
     def _build_compact(self, state, eb):
@@ -339,12 +331,15 @@ class _Run:
         step_fn = functools.partial(self._train_step, truncation=inactive,
                                     param_mask=param_mask)
         target = self.meta["target_accuracy"]
+        tree = {"eb": eb}
+        if param_mask is not None:
+            tree["param_mask"] = param_mask
         while (self.meta["epoch"] < self.config.retrain.max_epochs
                and self.meta["restore_epochs"] is None):
             epoch = self.meta["epoch"]
-            t0 = time.perf_counter()
+            t0 = self.epoch_start()
             state, train_metrics, _ = self.train_one_epoch(state, step_fn, "retrain",
-                                                           epoch)
+                                                           epoch, t0, tree)
             evaluation = self.evaluate(state)
             seconds = time.perf_counter() - t0
             self.meta["times"]["retrain"] += seconds
@@ -357,10 +352,7 @@ class _Run:
                                               * self.res.task.batch_size)
             if evaluation["accuracy"] >= target:
                 self.meta["restore_epochs"] = epoch + 1
-            tree = {"state": state, "eb": eb}
-            if param_mask is not None:
-                tree["param_mask"] = param_mask
-            self.save(tree)
+            self.save({**tree, "state": state})
         return state
 
     def summary(self) -> dict:
@@ -430,12 +422,8 @@ def run_variant(res: RunResources, variant: Variant, seed: int, workdir: str) ->
         if run.meta["phase"] == "retrain":
             state = run.run_retrain(state, eb, param_mask)
             if run.compact_model is not None:
-                run.save_compact_model(state)
-            run.meta["phase"] = "done"
-            tree = {"state": state, "eb": eb}
-            if param_mask is not None:
-                tree["param_mask"] = param_mask
-            run.save(tree)
+                run.save_compact_model(state)  # again on a re-run: same bytes
+            run.meta["phase"] = "done"  # the last retraining checkpoint ends the run
         return run.summary()
     finally:
         run.ckpt.close()
