@@ -157,6 +157,11 @@ def main(argv):
     logging.getLogger().setLevel(logging.INFO)
     # orbax reports every checkpoint operation through absl at INFO.
     logging.getLogger("absl").setLevel(logging.WARNING)
+    # JAX logs at INFO each platform it probes and lacks ("Unable to initialize
+    # backend 'tpu'"); matplotlib warns once per machine that it builds its font
+    # cache. Neither needs the user; a GPU is still found and used.
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
     config = _CONFIG.value
     config_name = os.path.basename(
         config_flags.get_config_filename(flags.FLAGS["config"]))

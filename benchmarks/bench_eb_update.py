@@ -54,7 +54,7 @@ def bert_representative_shapes(config: bert_lib.BertConfig) -> list[tuple[int, .
 
 
 def sort_mask(magnitudes: jax.Array, prune_ratio: float) -> jax.Array:
-    """The mask exactly as ALGORITHM.md writes it: ``|x| > sort(|x|)[floor(N p)]``."""
+    """The mask exactly as docs/algorithm.md writes it: ``|x| > sort(|x|)[floor(N p)]``."""
     k = masks.num_pruned(magnitudes.shape[0], prune_ratio)
     return magnitudes > jnp.sort(magnitudes)[k]
 

@@ -1,4 +1,4 @@
-"""The search window, stop rule, trigger and schedules (ALGORITHM.md 2-3)."""
+"""The search window, stop rule, trigger and schedules (docs/algorithm.md 2-3)."""
 
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""The global magnitude mask and the mask distance (ALGORITHM.md sections 1-2)."""
+"""The global magnitude mask and the mask distance (docs/algorithm.md sections 1-2)."""
 
 import math
 

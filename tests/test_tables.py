@@ -17,8 +17,17 @@ def _summary(variant, schedule, seed, ticket, pre, post, after1, restore, total,
 
 
 def _row(table, label):
-    line = next(l for l in table.splitlines() if l.startswith(f"| {label} "))
-    return [c.strip() for c in line.strip("|").split("|")]
+    """The cells of the row named ``label``, over every block of a wrapped table."""
+    lines = [l for l in table.splitlines() if l.startswith(f"| {label} ")]
+    assert lines, f"no row {label!r} in\n{table}"
+    cells = [c.strip() for c in lines[0].strip("|").split("|")]
+    for line in lines[1:]:  # a continuation block repeats the first cell
+        cells += [c.strip() for c in line.strip("|").split("|")][1:]
+    return cells
+
+
+def _header(table):
+    return _row(table, table.splitlines()[0].strip("| ").split(" ")[0])
 
 
 def test_comparison_table_mean_std_and_not_reached():
@@ -27,15 +36,18 @@ def test_comparison_table_mean_std_and_not_reached():
             _summary("eb", "none", 2, 7, 0.84, 0.24, 0.87, 5, 268),
             _summary("worm", "worm", 0, 5, 0.8067, 0.30, 0.8267, None, 262)]
     table = tables.comparison_table(runs, max_retrain_epochs=10)
-    assert "90% Restore Epochs" in table.splitlines()[0]
+    assert _header(table) == ["Algorithm", "EB Train", "WORM"]
     # ticket 6,7,7: mean 6.667, sample std sqrt(1/3) = 0.577; acc .80,.82,.84: 82 +- 2;
     # restore 3 and 5 (the None run excluded): 4 +- sqrt(2); time 264 +- 4.
-    assert _row(table, "EB Train") == [
-        "EB Train", "6.7 ± 0.6", "82.00 ± 2.00%", "22.00 ± 2.00%", "86.00 ± 1.00%",
-        "4.0 ± 1.4 (1/3 >10)", "264 ± 4s", "2/3"]
-    assert _row(table, "WORM") == [
-        "WORM", "5", "80.67%", "30.00%", "82.67%", ">10", "262s", "1/1"]
+    assert [_row(table, name)[1:] for name in (
+        "Ticket Search Epoch Count", "Pre-Pruned Acc.", "Post-Prune Acc.",
+        "Retrain Acc. after One Epoch", "90% Restore Epochs", "Total Wall Time",
+        "Converged")] == [
+        ["6.7 ± 0.6", "5"], ["82.00 ± 2.00%", "80.67%"], ["22.00 ± 2.00%", "30.00%"],
+        ["86.00 ± 1.00%", "82.67%"], ["4.0 ± 1.4 (1/3 >10)", ">10"],
+        ["264.0 ± 4.0 s", "262.0 s"], ["2/3", "1/1"]]
     assert "did not" in table  # the exclusion is stated
+    assert "varies between identical runs" in table
     assert ">max" in tables.comparison_table(runs[3:])
     assert "did not" not in tables.comparison_table(runs[:1])
 
@@ -48,10 +60,27 @@ def test_comparison_table_headers_and_labels():
             _summary("eb_b", "none", 0, 5, .8, .3, .8, 1, 10, target=("relative", 0.95))]
     table = tables.comparison_table(runs)
     assert "Restore Epochs (>=0.95 x pre)" in table
-    assert _row(table, "greedy_r")[4] == "-"  # no after-one-epoch accuracy
-    assert _row(table, "EB Train (eb_a)") and _row(table, "EB Train (eb_b)")
+    assert _header(table) == ["Algorithm", "WORM", "greedy_r", "EB Train (eb_a)",
+                              "EB Train (eb_b)"]
+    # no after-one-epoch accuracy for greedy_r
+    assert _row(table, "Retrain Acc. after One Epoch")[2] == "-"
     assert "mixed targets" in tables.comparison_table(runs[:1] + [_summary(
         "eb", "none", 0, 5, .8, .3, .8, 1, 10)])
+
+
+def test_chance_note_only_where_post_prune_accuracy_is_near_chance():
+    runs = [_summary("eb", "none", 0, 4, 0.9861, 0.0975, 0.9666, 1, 2.25),
+            _summary("worm", "worm", 0, 4, 0.9889, 0.52, 0.9526, 3, 2.99)]
+    note = tables.comparison_table(runs, num_classes=10).split("WORM.")[0]
+    assert "near chance (10.00% for 10 classes) for EB Train." in " ".join(note.split())
+    assert "96.66% (EB Train)" in tables.comparison_table(runs, num_classes=10)
+    assert "95.26%" not in tables.comparison_table(runs, num_classes=10).split("|")[-1]
+    assert "chance" not in tables.comparison_table(runs)  # classes unknown
+    # Binary: 52% is within 5 points of the 50% chance level, 9.75% is not above it.
+    binary = tables.comparison_table(runs, num_classes=2)
+    assert "for EB Train, WORM." in " ".join(binary.split())
+    runs[0]["post_prune_accuracy"] = 0.6
+    assert "chance" not in tables.comparison_table(runs[:1], num_classes=10)
 
 
 def test_sweep_table_rows_by_ratio():
@@ -61,11 +90,12 @@ def test_sweep_table_rows_by_ratio():
             _summary("a05", "always", 0, 6, .8, .20, .8, 2, 239, r=0.5),
             _summary("worm", "worm", 0, 5, .8, .5, .8, 2, 200)]
     table = tables.sweep_table(runs)
-    lines = [l for l in table.splitlines() if l.startswith("| r = ")]
-    assert [l.split("|")[1].strip() for l in lines] == ["r = 1", "r = 0.5", "r = 0.1"]
-    assert _row(table, "r = 0.1")[1:] == ["5.5 ± 0.7", "22.00 ± 1.41%", "3.0 ± 0.0", "238 ± 1s",
-                                        "2/2"]
-    assert "200s" not in table
+    lines = [l for l in table.splitlines() if l.startswith("| ")][1:]
+    assert [l.split("|")[1].strip() for l in lines] == ["1", "0.5", "0.1"]
+    assert _row(table, "0.1")[1:] == ["5.5 ± 0.7", "22.00 ± 1.41%", "3.0 ± 0.0",
+                                      "238.0 ± 1.4 s", "2/2"]
+    assert "200.0 s" not in table
+    assert "restore target (90% Restore Epochs)" in " ".join(table.split())
 
 
 def test_glue_table_columns_per_task_and_gain():
@@ -81,7 +111,7 @@ def test_glue_table_columns_per_task_and_gain():
     assert _row(eb, "Accuracy Gain after 1 Epoch")[1:] == ["-0.57%", "+3.00 ± 1.41%"]
     assert _row(eb, "SOTA Baseline")[1:] == ["93.50%", "-"]
     assert _row(eb, "Epochs to Prune")[1:] == ["4", "3.0 ± 0.0"]
-    assert _row(eb, "Time to Prune and Re-train")[1:] == ["770s", "41 ± 1s"]
+    assert _row(eb, "Time to Prune and Re-train")[1:] == ["770.0 s", "41.0 ± 1.4 s"]
     assert _row(worm, "Accuracy Gain after 1 Epoch") == ["Accuracy Gain after 1 Epoch",
                                                          "-2.53%"]
     assert worm.splitlines()[0].split("|")[2].strip() == "all"

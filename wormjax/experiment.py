@@ -119,6 +119,7 @@ def _warm_up(res: run_lib.RunResources, variables) -> float:
     else:
         batches = [next(iter(task.train_batches(config.seed, 0)))]
         eval_batches = [next(iter(task.eval_batches()))]
+    _log_compiling(res, len(batches), len(eval_batches))
     batches = [res.parallel.put_batch(b) for b in batches]
     eval_batches = [res.parallel.put_batch(b) for b in eval_batches]
     # Retraining steps through the parameter mask in mask mode, and in reference
@@ -151,7 +152,23 @@ def _warm_up(res: run_lib.RunResources, variables) -> float:
     if config.pruning.mode != "structured":  # structured compiles per ticket
         eb = update(eb, variables["params"])
         jax.block_until_ready(res.prune_fn(variables["params"], eb.newest_mask))
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    logging.info("compiled in %.1f s: %s", seconds, dict(res.counter.counts))
+    return seconds
+
+
+def _log_compiling(res: run_lib.RunResources, train_shapes: int, eval_shapes: int) -> None:
+    """Says what the silent warm-up is doing, since it can take minutes."""
+    config = res.config
+    masked = config.pruning.mode == "mask" or res.task.persistent_reference_mask
+    count = len(res.steps) * (train_shapes * (2 if masked else 1) + eval_shapes)
+    count += len({run_lib._search_config(config, v) for v in variants_from_config(config)})
+    count += config.pruning.mode != "structured"  # the prune step
+    cache = jax.config.jax_compilation_cache_dir
+    logging.info(
+        "compiling %d step programs: on a first run this can take a minute or two; %s",
+        count, f"later runs load the slow ones from the persistent cache at {cache}"
+        if cache else "the persistent compilation cache is off, so every run compiles")
 
 
 TASKS = config_checks.TASKS
@@ -238,7 +255,8 @@ def _run_locked(config, workdir: str, variants, print_fn) -> dict:
             summaries.append(run_summary)
 
     tables = {"comparison": tables_lib.comparison_table(
-        summaries, max_retrain_epochs=config.retrain.max_epochs)}
+        summaries, max_retrain_epochs=config.retrain.max_epochs,
+        num_classes=run_lib._num_classes(task))}
     if task.kind == "text":  # the paper's Tables IV-VI
         tables["glue"] = tables_lib.glue_table(summaries)
     if any(s["schedule"] == "always" for s in summaries):

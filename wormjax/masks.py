@@ -47,7 +47,7 @@ def num_pruned(num_entries: int, prune_ratio: float) -> int:
 
 
 def flat_magnitude_mask(magnitudes: jax.Array, prune_ratio: float) -> jax.Array:
-    """Keep mask over a flat magnitude vector (ALGORITHM.md section 1).
+    """Keep mask over a flat magnitude vector (docs/algorithm.md section 1).
 
     ``thr = sort(|x|)[floor(N * p)]`` and ``keep = |x| > thr``: entries equal to
     the threshold are pruned, so at least ``floor(N * p) + 1`` entries go.

@@ -71,7 +71,7 @@ def _save(fig, ax, path: str, has_data: bool) -> str:
 
 
 def _window_full(r: dict) -> bool:
-    # Until the window is full every distance is reported as 1.0 (ALGORITHM.md sec. 2).
+    # Until the window is full every distance is reported as 1.0 (docs/algorithm.md sec. 2).
     if "window_full" in r:
         return bool(r["window_full"])
     return r.get("d_max") is not None and r["d_max"] < 1.0

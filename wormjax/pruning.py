@@ -1,4 +1,4 @@
-"""Pruning after the ticket is found (ALGORITHM.md section 4).
+"""Pruning after the ticket is found (docs/algorithm.md section 4).
 
 Every function works on a copy: the searched model stays available.
 

@@ -1,6 +1,6 @@
 """Run outputs: the metrics log, progress lines and the run summary.
 
-The training loop hands this module plain dicts (ALGORITHM.md section 5):
+The training loop hands this module plain dicts (docs/algorithm.md section 5):
 epoch records, step records and one run summary per variant and seed. They
 become ``metrics.jsonl`` (plus TensorBoard event files), one-line progress
 descriptions, and an atomically written ``summary.json``. The paper's tables
@@ -15,7 +15,7 @@ import json
 import math
 import os
 import platform
-import tempfile
+import uuid
 import warnings
 from typing import Any
 
@@ -252,8 +252,10 @@ def write_summary(path: str, payload: dict) -> None:
     text = to_json(payload) + "\n"
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
-                               suffix=".tmp")
+    # Not mkstemp: its 0600 would make summary.json and config.json private; a
+    # fresh name opened with 0666 gets the umask's mode, like any other output.
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.{uuid.uuid4().hex}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)

@@ -10,7 +10,7 @@ once and is threaded through a training loop like an optimizer state::
         if eb_state.converged: break
         ...train one epoch, truncating with eb_state...
 
-The rules are ALGORITHM.md sections 2 and 3.
+The rules are docs/algorithm.md sections 2 and 3.
 """
 
 from __future__ import annotations

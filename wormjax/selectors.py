@@ -210,7 +210,7 @@ def batchnorm_selector(
       pattern: regex for the scale paths; the default matches flax's
         ``BatchNorm_<i>/scale`` and any module whose name contains ``bn``.
       include_bias: truncate each pruned channel's BatchNorm bias (beta) with
-        its scale, as ALGORITHM.md section 3 specifies.
+        its scale, as docs/algorithm.md section 3 specifies.
     """
     return path_selector(
         pattern, _bn_bias if include_bias else None, "BatchNorm scales"

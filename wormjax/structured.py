@@ -1,6 +1,6 @@
 """Structured channel pruning: a narrower CNN that holds only the ticket's channels.
 
-ALGORITHM.md section 4, ``pruning.mode = "structured"``. The ticket's flat keep mask
+docs/algorithm.md section 4, ``pruning.mode = "structured"``. The ticket's flat keep mask
 over the BatchNorm scales (``batchnorm_selector`` layout) picks each BatchNorm layer's
 channels; ``build_compact`` builds the same class with those counts (``channels``) and
 copies the kept conv filters, the input slices of the next conv or shortcut conv, the

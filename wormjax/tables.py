@@ -4,17 +4,28 @@ Each function takes the plain-dict run summaries that ``wormjax.training.run``
 writes (one per variant and seed) and returns a pipe table that also reads well
 in a terminal: the EB-vs-WORM comparison (Tables II and III), the truncation-ratio
 sweep (Table I) and the GLUE blocks (Tables IV-VI). Several seeds of a variant
-become mean ± sample standard deviation. Pure Python and numpy.
+become mean ± sample standard deviation. Every line fits in ``WIDTH`` columns: a
+table too wide for it continues in a second block that repeats its first column,
+and notes are wrapped. Pure Python and numpy.
 """
 
 from __future__ import annotations
 
 import collections
+import textwrap
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-__all__ = ["comparison_table", "sweep_table", "glue_table"]
+__all__ = ["comparison_table", "sweep_table", "glue_table", "WIDTH"]
+
+WIDTH = 80  # a default terminal
+# Value cells are at least this wide, so that a column keeps its width while
+# a single run's values change magnitude (98.61% vs 100.00%, 9.8 s vs 10.2 s).
+_MIN_CELL = 9
+_WALL_TIME_NOTE = ("Wall time: seconds of search + pruning + retraining (not the "
+                   "compilation before them); measured, so it varies between identical "
+                   "runs.")
 
 
 def _values(runs: Sequence[dict], key) -> list[float]:
@@ -47,7 +58,8 @@ def _pct(values: Sequence[float], sign: bool = False) -> str:
 
 
 def _seconds(values: Sequence[float]) -> str:
-    return _stat(values, ".0f", suffix="s")
+    # One decimal: whole seconds made a ~2.5 s quick-start run read 2s or 3s.
+    return _stat(values, ".1f", suffix=" s")
 
 
 def _total_time(run: dict) -> float | None:
@@ -95,13 +107,36 @@ def _labels(groups: dict[str, list[dict]]) -> dict[str, str]:
             for v, lab in labels.items()}
 
 
-def _render(headers: Sequence[str], rows: Sequence[Sequence[str]], notes=()) -> str:
-    """A Markdown pipe table, padded so it also reads well in a terminal."""
+def _render(headers: Sequence[str], rows: Sequence[Sequence[str]], notes=(),
+            width: int = WIDTH) -> str:
+    """A Markdown pipe table in ``width`` columns: value columns right-aligned, at
+    least ``_MIN_CELL`` wide, split into blocks that repeat the first column when
+    the table is wider; then the non-empty notes, wrapped."""
     widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
-    line = lambda cells: "| " + " | ".join(f"{c:<{w}}" for c, w in zip(cells, widths)) + " |"
-    out = [line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
-    out += [line(r) for r in rows]
-    return "\n".join(out + [n for n in notes if n])
+    widths = widths[:1] + [max(w, _MIN_CELL) for w in widths[1:]]
+    groups, current = [], []
+    for i in range(1, len(widths)):
+        # "| first | a | b |": 4 characters for the first cell's frame, 3 per cell.
+        if current and 4 + widths[0] + sum(widths[j] + 3 for j in current + [i]) > width:
+            groups.append(current)
+            current = []
+        current.append(i)
+    groups.append(current)
+
+    def line(cells, cols):
+        return "| " + " | ".join(f"{cells[j]:<{widths[j]}}" if j == 0 else
+                                 f"{cells[j]:>{widths[j]}}" for j in cols) + " |"
+
+    blocks = []
+    for group in groups:
+        cols = [0] + group
+        rule = "|" + "|".join("-" * (widths[j] + 2) if j == 0 else
+                              "-" * (widths[j] + 1) + ":" for j in cols) + "|"
+        blocks.append("\n".join([line(headers, cols), rule]
+                                + [line(r, cols) for r in rows]))
+    text = "\n\n".join(blocks)
+    wrapped = [textwrap.fill(n, width) for n in notes if n]
+    return "\n".join([text] + wrapped)
 
 
 def _not_reached_note(summaries: Sequence[dict]) -> str:
@@ -111,29 +146,60 @@ def _not_reached_note(summaries: Sequence[dict]) -> str:
             "counts the runs that did not within the retraining budget (excluded).")
 
 
-def comparison_table(summaries: Sequence[dict], max_retrain_epochs: int | None = None) -> str:
-    """EB Train vs WORM in the layout of the paper's Tables II and III.
+def _chance_note(groups: dict[str, list[dict]], labels: dict[str, str],
+                 num_classes: int | None) -> str:
+    """Why post-prune accuracy can sit at chance, for the variants where it does."""
+    if not num_classes or num_classes < 2:
+        return ""
+    chance = 1.0 / num_classes
+    # Within 5 points of chance: a network that guesses, or predicts one class.
+    near = [v for v, runs in groups.items()
+            if any(a <= chance + 0.05 for a in _values(runs, "post_prune_accuracy"))]
+    if not near:
+        return ""
+    note = (f"Post-prune accuracy is near chance ({100 * chance:.2f}% for {num_classes} "
+            f"classes) for {', '.join(labels[v] for v in near)}. It is measured right "
+            "after pruning, before any retraining has let the kept weights adapt.")
+    after = {labels[v]: _pct(_values(groups[v], "retrain_accuracy_after_one_epoch"))
+             for v in near}
+    if any(cell != "-" for cell in after.values()):
+        note += " One retraining epoch brings it to " + ", ".join(
+            f"{cell} ({label})" for label, cell in after.items()) + "."
+    return note
+
+
+def comparison_table(summaries: Sequence[dict], max_retrain_epochs: int | None = None,
+                     num_classes: int | None = None) -> str:
+    """EB Train vs WORM: the paper's Tables II and III, one column per variant.
+
+    The paper has a row per variant; here each variant is a column, so that two
+    or three variants with the paper's metric names fit in ``WIDTH`` columns.
 
     Args:
-      summaries: run summaries; one row per variant, mean ± sample std over seeds.
+      summaries: run summaries; one column per variant, mean ± sample std over seeds.
       max_retrain_epochs: shown as '>N' for runs that never reached the target.
+      num_classes: the task's classes; a note explains post-prune accuracies near
+        chance (1 / num_classes). None: no such note.
 
     Returns:
-      The table as a string.
+      The table as a string, then its notes.
     """
     groups = _group(summaries, "variant")
     labels = _labels(groups)
-    headers = ["Algorithm", "Ticket Search Epoch Count", "Pre-Pruned Acc.", "Post-Prune Acc.",
-               "Retrain Acc. after One Epoch", _restore_header(summaries), "Total Time",
-               "Converged"]
-    rows = [[labels[v], _count(_values(runs, "ticket_epoch")),
-             _pct(_values(runs, "pre_prune_accuracy")),
-             _pct(_values(runs, "post_prune_accuracy")),
-             _pct(_values(runs, "retrain_accuracy_after_one_epoch")),
-             _restore(runs, max_retrain_epochs),
-             _seconds(_values(runs, _total_time)),
-             _converged(runs)] for v, runs in groups.items()]
-    return _render(headers, rows, [_not_reached_note(summaries)])
+    metrics = [
+        ("Ticket Search Epoch Count", lambda rs: _count(_values(rs, "ticket_epoch"))),
+        ("Pre-Pruned Acc.", lambda rs: _pct(_values(rs, "pre_prune_accuracy"))),
+        ("Post-Prune Acc.", lambda rs: _pct(_values(rs, "post_prune_accuracy"))),
+        ("Retrain Acc. after One Epoch",
+         lambda rs: _pct(_values(rs, "retrain_accuracy_after_one_epoch"))),
+        (_restore_header(summaries), lambda rs: _restore(rs, max_retrain_epochs)),
+        ("Total Wall Time", lambda rs: _seconds(_values(rs, _total_time))),
+        ("Converged", _converged),
+    ]
+    headers = ["Algorithm"] + [labels[v] for v in groups]
+    rows = [[name] + [fn(runs) for runs in groups.values()] for name, fn in metrics]
+    return _render(headers, rows, [_not_reached_note(summaries), _WALL_TIME_NOTE,
+                                   _chance_note(groups, labels, num_classes)])
 
 
 def sweep_table(summaries: Sequence[dict], max_retrain_epochs: int | None = None) -> str:
@@ -155,13 +221,17 @@ def sweep_table(summaries: Sequence[dict], max_retrain_epochs: int | None = None
             r = 1.0 if s["schedule"] == "none" else float(s["truncation_ratio"])
             by_ratio.setdefault(r, []).append(s)
     chosen = [s for runs in by_ratio.values() for s in runs]
-    headers = ["Truncation Parameter (r)", "Ticket Search Epoch Count", "Post-Prune Accuracy",
-               _restore_header(chosen), "Total Execution Time", "Converged"]
-    rows = [[f"r = {r:g}", _count(_values(runs, "ticket_epoch")),
+    # Short headers, spelled out below, so that a single seed's rows fit in WIDTH.
+    headers = ["r", "Search Ep.", "Post-Prune", "Restore Ep.", "Wall Time", "Conv."]
+    legend = ("r: truncation parameter. Search Ep.: ticket search epoch count. "
+              "Post-Prune: accuracy right after pruning. Restore Ep.: retraining "
+              f"epochs to the restore target ({_restore_header(chosen)}). "
+              "Conv.: runs whose search converged.")
+    rows = [[f"{r:g}", _count(_values(runs, "ticket_epoch")),
              _pct(_values(runs, "post_prune_accuracy")), _restore(runs, max_retrain_epochs),
              _seconds(_values(runs, _total_time)),
              _converged(runs)] for r, runs in sorted(by_ratio.items(), reverse=True)]
-    return _render(headers, rows, [_not_reached_note(chosen)])
+    return _render(headers, rows, [legend, _not_reached_note(chosen), _WALL_TIME_NOTE])
 
 
 def _gain(run: dict) -> float | None:

@@ -51,7 +51,8 @@ def train_epoch(step_fn: Callable, state, batches: Iterable, *, num_steps: int,
         the end); reading is the only host-device sync.
       on_log: called with (step in epoch, running metrics) at each read.
       description: progress bar label.
-      progress: show a progress bar.
+      progress: show a progress bar (only when stderr is a terminal: in a piped
+        log its carriage-return frames would pile up).
       prefetch: batches transferred to the device ahead of the step.
       put_fn: moves a host batch to the devices (None: the default device).
       replicate: places the metric accumulator like the state (a sharding
@@ -70,8 +71,10 @@ def train_epoch(step_fn: Callable, state, batches: Iterable, *, num_steps: int,
     """
     start = time.perf_counter()
     acc = replicate(steps_lib.zero_metrics() if acc is None else acc)
+    # Carriage-return frames would litter a piped log.
     bar = tqdm(total=num_steps, initial=start_step, desc=description, leave=False,
-               file=sys.stderr, disable=not progress, dynamic_ncols=True)
+               file=sys.stderr, disable=not (progress and sys.stderr.isatty()),
+               dynamic_ncols=True)
     done = start_step
     with pipeline.prefetch_to_device(batches, size=prefetch, put_fn=put_fn) as it:
         for batch in it:

@@ -118,8 +118,16 @@ def _search_config(config, variant: Variant) -> search_lib.EarlyBirdConfig:
         schedule=variant.schedule)
 
 
+def _num_classes(task) -> int | None:
+    """The classifier's outputs: CNNs name them num_classes, BERT num_labels."""
+    model = getattr(task, "model", None)
+    return getattr(model, "num_classes", None) or getattr(model, "num_labels", None)
+
+
 def _epoch_record(variant, seed, phase, epoch, eb=None, train=None, evaluation=None,
                   seconds=0.0, steps=0, truncation=None):
+    # "ratio" is the multiplier in effect: 1.0 while truncation is off, whatever r
+    # the search holds for later. "eval_f1" only where evaluate() kept an F1.
     rec = {"kind": "epoch", "variant": variant.name, "seed": seed, "phase": phase,
            "epoch": epoch, "d_max": None, "d_avg": None, "dists": None,
            "truncation_active": False, "ratio": 1.0, "train_loss": None,
@@ -128,15 +136,17 @@ def _epoch_record(variant, seed, phase, epoch, eb=None, train=None, evaluation=N
     if eb is not None:
         rec.update(d_max=float(eb.d_max), d_avg=float(eb.d_avg),
                    dists=[float(d) for d in eb.dists],
-                   truncation_active=bool(eb.active), ratio=float(eb.ratio))
+                   truncation_active=bool(eb.active),
+                   ratio=float(eb.ratio) if bool(eb.active) else 1.0)
     if truncation is not None:
         rec.update(truncation_active=bool(truncation.active),
-                   ratio=float(truncation.ratio))
+                   ratio=float(truncation.ratio) if bool(truncation.active) else 1.0)
     if train is not None:
         rec.update(train_loss=train["loss"], train_accuracy=train["accuracy"])
     if evaluation is not None:
-        rec.update(eval_accuracy=evaluation["accuracy"], eval_loss=evaluation["loss"],
-                   eval_f1=evaluation["f1"])
+        rec.update(eval_accuracy=evaluation["accuracy"], eval_loss=evaluation["loss"])
+        if evaluation.get("f1") is not None:
+            rec["eval_f1"] = evaluation["f1"]
     return rec
 
 
@@ -228,10 +238,13 @@ class _Run(resume_lib.Resumable):
         return out.state, out.metrics, out.seconds
 
     def evaluate(self, state):
-        return loop.evaluate(self.steps.eval, state.params, state.batch_stats,
-                             self.res.task.eval_batches(),
-                             prefetch=self.config.data.prefetch,
-                             put_fn=self.res.parallel.put_batch, replicate=self.res.parallel.replicate)
+        out = loop.evaluate(self.steps.eval, state.params, state.batch_stats,
+                            self.res.task.eval_batches(),
+                            prefetch=self.config.data.prefetch,
+                            put_fn=self.res.parallel.put_batch, replicate=self.res.parallel.replicate)
+        if _num_classes(self.res.task) != 2:  # class 1 vs the rest means nothing here
+            out.pop("f1", None)
+        return out
 
     def run_search(self, state, eb):
         max_epochs = self.config.search.max_epochs
