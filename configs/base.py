@@ -65,6 +65,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.pruning.mode = "mask"  # mask (persistent BN channel mask) | reference | structured
     c.pruning.min_channels = 1  # structured: no layer narrower than this
     c.pruning.channel_multiple = 1  # structured: round widths up to a multiple
+    # Recompute BatchNorm running statistics on this many training batches after
+    # pruning (train mode, no update), before the post-prune evaluation; 0 = off.
+    c.pruning.recalibrate_bn_batches = 0
 
     c.retrain = ml_collections.ConfigDict()
     c.retrain.max_epochs = 10

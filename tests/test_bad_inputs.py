@@ -75,6 +75,8 @@ def test_every_shipped_config_passes():
 # -- bad values, in-process: (make, field, value, what the message must say) -------------
 
 BAD_VALUES = [
+    ("image", "pruning.recalibrate_bn_batches", -1, "pruning.recalibrate_bn_batches must be an integer >= 0"),
+    ("text", "pruning.recalibrate_bn_batches", 4, "BERT has LayerNorm only"),
     ("image", "optim.sparsity", -1e-4, "optim.sparsity must be in [0.0, 1.0]"),
     ("image", "optim.schedule", "cosine", "unknown optim.schedule 'cosine'"),
     ("image", "optim.step_fractions", "0.75,0.5", "optim.step_fractions must be strictly increasing"),

@@ -152,6 +152,13 @@ def _mesh_data(name, value, config) -> None:
                          f"got {value!r}")
 
 
+def _recalibrate_batches(name, value, config) -> None:
+    _validate.at_least(name, value, 0)
+    if value and _kind(config) == "text":
+        raise ValueError(f"{name} is for BatchNorm networks; BERT has LayerNorm only, "
+                         f"so allowed: 0; got {value!r}")
+
+
 FIELDS: dict[str, Check] = {
     "task": _choice(*TASKS),
     "seed": _integer(0),
@@ -198,6 +205,7 @@ FIELDS: dict[str, Check] = {
     "pruning.mode": _pruning_mode,
     "pruning.min_channels": _integer(1),
     "pruning.channel_multiple": _integer(1),
+    "pruning.recalibrate_bn_batches": _recalibrate_batches,
     "retrain.max_epochs": _integer(1),
     "retrain.target_kind": _choice("absolute", "relative"),
     "retrain.target": _retrain_target,

@@ -35,7 +35,7 @@ METRICS = (
     ("search epochs", _search_epochs, ".1f", 1.0, ""),
     ("pre-prune acc", _get("pre_prune_accuracy"), ".2f", 100.0, "%"),
     ("post-prune acc", _get("post_prune_accuracy"), ".2f", 100.0, "%"),
-    ("post-prune acc (BN recal.)", _get("post_prune_accuracy_recalibrated"),
+    ("post-prune acc, stale BN stats", _get("post_prune_accuracy_before_recalibration"),
      ".2f", 100.0, "%"),
     ("acc after 1 retrain epoch", _get("retrain_accuracy_after_one_epoch"),
      ".2f", 100.0, "%"),

@@ -29,6 +29,7 @@ from wormjax import truncation as truncation_lib
 from wormjax.models import common as model_common
 from wormjax.training import interrupt
 from wormjax.training import loop
+from wormjax.training import recalibration
 from wormjax.training import resume as resume_lib
 from wormjax.training import state as state_lib
 from wormjax.training import steps as steps_lib
@@ -91,6 +92,7 @@ class RunResources:
         out, nonzero = self._prune(params, keep_flat)
         return PrunedCopy(out.params, out.param_mask, nonzero)
     eb_updates: dict = dataclasses.field(default_factory=dict)  # config -> jitted
+    recalibrate_fns: dict = dataclasses.field(default_factory=dict)  # model -> jitted
 
     def eb_update_fn(self, search_config: search_lib.EarlyBirdConfig) -> Callable:
         """The jitted epoch-end update for a search config, compiled once."""
@@ -295,8 +297,12 @@ class _Run(resume_lib.Resumable):
             variables = {"params": pruned.params, "batch_stats": state.batch_stats}
         new_state = self.res.parallel.replicate(
             state_lib.create_train_state(variables, self.tx, self.seed))
-        post = self.evaluate(new_state)["accuracy"]
+        post, stale = self.evaluate(new_state)["accuracy"], None
+        if self.config.pruning.get("recalibrate_bn_batches", 0):
+            stale, new_state = post, self._recalibrate(new_state)
+            post = self.evaluate(new_state)["accuracy"]
         self.meta.update(pre_prune_accuracy=pre, post_prune_accuracy=post,
+                         post_prune_accuracy_before_recalibration=stale,
                          phase="retrain", epoch=0,
                          has_param_mask=pruned.param_mask is not None,
                          pruned_nonzero=int(pruned.nonzero),
@@ -305,6 +311,17 @@ class _Run(resume_lib.Resumable):
         # Not checkpointed: the first retraining epoch's checkpoint holds it, and
         # a kill before that redoes the prune (deterministic) from the search's.
         return new_state, pruned.param_mask
+
+    def _recalibrate(self, state):
+        """Fresh BatchNorm statistics on the next epoch's first batches (no update)."""
+        fns = self.res.recalibrate_fns  # one compilation per model shape
+        key = self.compact_model  # None: the dense model
+        if key not in fns:
+            fns[key] = recalibration.stats_fn(
+                functools.partial(self.res.task.forward, model=key), self.res.counter)
+        return recalibration.recalibrated(
+            state, fns[key], self.res.task.train_batches(self.seed, self.meta["data_epoch"]),
+            self.config.pruning.recalibrate_bn_batches, self.res.parallel.put_batch)
 
     def _build_compact(self, state, eb):
         """A narrower copy holding only the ticket's channels (structured mode)."""
@@ -393,6 +410,8 @@ class _Run(resume_lib.Resumable):
                                   if self.variant.schedule == "worm" else None),
             "pre_prune_accuracy": meta["pre_prune_accuracy"],
             "post_prune_accuracy": meta["post_prune_accuracy"],
+            "post_prune_accuracy_before_recalibration":
+                meta.get("post_prune_accuracy_before_recalibration"),
             "retrain_accuracy_after_one_epoch":
                 retrain[0]["eval_accuracy"] if retrain else None,
             "restore_epochs": meta["restore_epochs"],
