@@ -159,7 +159,7 @@ def _truncate(path):
 
 @pytest.mark.parametrize("damage", ["flip", "truncate", "manifest", "meta"])
 def test_a_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_used(
-        reference, tmp_path, damage):
+        reference, tmp_path, damage, capfd):
     ref_dir, ref = reference
     workdir = str(tmp_path / damage)
     shutil.copytree(ref_dir, workdir)
@@ -175,7 +175,11 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_the_previous_one_used(
         os.remove(os.path.join(step_dir, "state", "manifest.ocdbt"))
     else:
         os.remove(os.path.join(step_dir, "meta", "metadata"))
+    assert os.path.exists(os.path.join(step_dir, ckpt_lib.FILES_NAME))  # sealed
+    capfd.readouterr()
     payload = _quiet(one_arm(), workdir)
+    # Found by the file digests, before orbax's threads read the damaged files.
+    assert "Event loop is closed" not in capfd.readouterr().err
     aside = [n for n in os.listdir(_ckpt_dir(workdir)) if ".corrupt-" in n]
     assert len(aside) == 1 and aside[0].startswith(f"{newest}.corrupt-")
     assert _steps(workdir)[-1] == newest  # the last epoch was trained again

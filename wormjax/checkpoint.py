@@ -11,7 +11,6 @@ deleted) and the next-newest is used instead.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -24,6 +23,9 @@ import orbax.checkpoint as ocp
 
 from wormjax import _validate
 from wormjax import report
+from wormjax.checkpoint_integrity import (DIGESTS_KEY, FILES_NAME,  # noqa: F401
+                                         CorruptCheckpointError, check_files, seal,
+                                         tree_digests, verify)
 
 __all__ = ["RunCheckpointer", "CorruptCheckpointError", "check_workdir_config",
            "record_workdir_config", "config_fingerprint", "tree_digests",
@@ -35,7 +37,6 @@ __all__ = ["RunCheckpointer", "CorruptCheckpointError", "check_workdir_config",
 # set resumes (data.source, which picks the reader, stays part of the run).
 _HARMLESS_FIELDS = ("log_every_steps", "progress_bar", "checkpoint.max_to_keep",
                     "data.prefetch", "mesh.data", "mesh.distributed", "data.dir")
-DIGESTS_KEY = "digests"
 
 
 
@@ -97,52 +98,6 @@ def record_workdir_config(workdir: str, config_dict: dict) -> None:
         report.write_summary(path, config_dict)
 
 
-class CorruptCheckpointError(ValueError):
-    """A checkpoint that cannot be read back whole, or fails its digests."""
-
-
-def _key_name(path) -> str:
-    # Orbax restores dataclasses and tuples as dicts; the names agree either way.
-    parts = []
-    for key in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(key, attr):
-                parts.append(str(getattr(key, attr)))
-                break
-    return "/".join(parts)
-
-
-def _leaf_digest(leaf) -> str:
-    if isinstance(leaf, jax.Array):
-        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-            leaf = jax.random.key_data(leaf)
-        if not leaf.is_fully_addressable:  # replicated: one shard is the whole value
-            leaf = leaf.addressable_data(0)
-    array = np.ascontiguousarray(np.asarray(jax.device_get(leaf)))
-    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
-    digest.update(array.tobytes())
-    return digest.hexdigest()
-
-
-def tree_digests(tree) -> dict[str, str]:
-    """The sha256 of every leaf of ``tree`` (dtype, shape and bytes), by leaf path."""
-    return {_key_name(path): _leaf_digest(leaf)
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def _verify(tree, meta: dict, where: str) -> None:
-    expected = meta.get(DIGESTS_KEY)
-    if expected is None:  # written before digests existed: nothing to check
-        return
-    actual = tree_digests(tree)
-    bad = sorted(k for k in set(expected) | set(actual)
-                 if expected.get(k) != actual.get(k))
-    if bad:
-        raise CorruptCheckpointError(
-            f"{where} fails its digest check ({len(bad)} of {len(expected)} arrays "
-            f"differ from what was saved, e.g. {bad[0]!r})")
-
-
 def _set_aside(directory: str, step: int, reason: Exception) -> str:
     """Renames a bad step out of orbax's numbering; returns the new path."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -172,7 +127,9 @@ def _read_meta(step_dir: str) -> dict:
 
 
 def _check_on_host(step_dir: str) -> None:
-    """Reads a step's metadata and every array (as numpy) and checks the digests."""
+    """Checks a step's files, then reads its metadata and every array (as numpy)
+    and checks the array digests."""
+    check_files(step_dir)
     path = os.path.join(step_dir, "state")
     try:
         meta = _read_meta(step_dir)
@@ -186,7 +143,7 @@ def _check_on_host(step_dir: str) -> None:
             tree = checkpointer.restore(path, restore_args=restore_args)
     except Exception as err:  # orbax/tensorstore raise many types for a bad folder
         raise CorruptCheckpointError(f"unreadable: {type(err).__name__}: {err}") from err
-    _verify(tree, meta, "it")
+    verify(tree, meta, "it")
 
 
 def set_aside_unreadable(directory: str) -> list[str]:
@@ -229,6 +186,7 @@ class RunCheckpointer:
     def __init__(self, directory: str, max_to_keep: int = 2):
         _validate.at_least("checkpoint.max_to_keep", max_to_keep, 1)
         self.directory = os.path.abspath(directory)
+        self._pending: int | None = None  # saved, not yet sealed
         self._manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
@@ -248,13 +206,21 @@ class RunCheckpointer:
           meta: JSON-able bookkeeping; ``restore`` returns it.
         """
         meta = dict(meta, **{DIGESTS_KEY: tree_digests(tree)})
+        self._seal_pending()  # orbax would wait for the previous save anyway
+        self._pending = step
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(tree),
             meta=ocp.args.JsonSave(json.loads(report.to_json(meta)))))
 
     def wait(self) -> None:
-        """Blocks until the save in flight, if any, is committed on disk."""
+        """Blocks until the save in flight, if any, is committed (and sealed)."""
+        self._seal_pending()
+
+    def _seal_pending(self) -> None:
         self._manager.wait_until_finished()
+        if self._pending is not None:
+            seal(os.path.join(self.directory, str(self._pending)))
+            self._pending = None
 
     def restore_meta(self, step: int) -> dict:
         """The metadata of ``step``; raises CorruptCheckpointError if unreadable."""
@@ -287,7 +253,7 @@ class RunCheckpointer:
             raise CorruptCheckpointError(
                 f"checkpoint {step} in {self.directory} does not match this run "
                 f"(corrupt, or written by another model/config): {err}") from err
-        _verify(tree, meta, f"checkpoint {step} in {self.directory}")
+        verify(tree, meta, f"checkpoint {step} in {self.directory}")
         return tree
 
     def restore_newest_good(self, like_fn: Callable[[dict], Any]):
@@ -311,4 +277,5 @@ class RunCheckpointer:
 
     def close(self) -> None:
         """Waits for the save in flight and releases orbax's threads."""
+        self._seal_pending()
         self._manager.close()
