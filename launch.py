@@ -126,6 +126,10 @@ def parse_flags(argv):
         message = _unknown_override(argv, value) if value else None
         if message is None:
             raise
+    except Exception as err:  # pylint: disable=broad-except - the user's config code
+        where = f" (line {err.lineno})" if isinstance(err, SyntaxError) else ""
+        message = (f"config file {value.partition(':')[0] if value else '?'} failed to "
+                   f"load{where}: {type(err).__name__}: {err}")
     _usage_exit(message)
 
 

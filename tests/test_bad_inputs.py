@@ -496,3 +496,18 @@ def test_every_override_the_docs_show_names_a_known_field():
         with open(os.path.join(REPO, doc), encoding="utf-8") as f:
             fields = set(re.findall(r"--config\.([A-Za-z_][\w.]*\w)=", f.read()))
         assert fields - set(known) == set(), doc
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("body, message", [
+    ("def get_config(:\n", "failed to load (line 1): SyntaxError"),
+    ("def get_config():\n    raise RuntimeError('boom')\n",
+     "failed to load: RuntimeError: boom"),
+])
+def test_a_config_file_that_fails_to_load_is_one_line(tmp_path, body, message):
+    path = tmp_path / "broken.py"
+    path.write_text(body)
+    out = _launch(config=str(path), workdir=tmp_path / "w")
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert message in out.stderr.strip().splitlines()[-1]
