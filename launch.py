@@ -181,8 +181,7 @@ def main(argv):
               f"{resume_command(workdir)}", file=sys.stderr)
         sys.exit(interrupt.exit_code(2))
     except (ValueError, FileNotFoundError, RuntimeError) as err:
-        logging.error("%s", err)
-        sys.exit(f"wormjax: {err}")
+        sys.exit(f"wormjax: {err}")  # once, as the last line: no log copy above it
 
 
 if __name__ == "__main__":
