@@ -95,6 +95,21 @@ def _labels(groups: dict[str, list[dict]]) -> dict[str, str]:
             for v, lab in labels.items()}
 
 
+def _flagged(label: str, runs: Sequence[dict]) -> str:
+    """``label``, marked when some of its runs diverged (accuracy at chance)."""
+    n = sum(bool(r.get("diverged")) for r in runs)
+    if not n:
+        return label
+    return f"{label} DIVERGED" + (f" {n}/{len(runs)}" if len(runs) > 1 else "")
+
+
+def _diverged_note(summaries: Sequence[dict]) -> str:
+    if not any(s.get("diverged") for s in summaries):
+        return ""
+    return ("DIVERGED: the trained or retrained accuracy is at chance, so these numbers "
+            "do not measure the method; see diverged_reason in summary.json.")
+
+
 def _render(headers: Sequence[str], rows: Sequence[Sequence[str]], notes=()) -> str:
     """A Markdown pipe table, padded so it also reads well in a terminal."""
     widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
@@ -126,14 +141,14 @@ def comparison_table(summaries: Sequence[dict], max_retrain_epochs: int | None =
     headers = ["Algorithm", "Ticket Search Epoch Count", "Pre-Pruned Acc.", "Post-Prune Acc.",
                "Retrain Acc. after One Epoch", _restore_header(summaries), "Total Time",
                "Converged"]
-    rows = [[labels[v], _count(_values(runs, "ticket_epoch")),
+    rows = [[_flagged(labels[v], runs), _count(_values(runs, "ticket_epoch")),
              _pct(_values(runs, "pre_prune_accuracy")),
              _pct(_values(runs, "post_prune_accuracy")),
              _pct(_values(runs, "retrain_accuracy_after_one_epoch")),
              _restore(runs, max_retrain_epochs),
              _seconds(_values(runs, _total_time)),
              _converged(runs)] for v, runs in groups.items()]
-    return _render(headers, rows, [_not_reached_note(summaries)])
+    return _render(headers, rows, [_not_reached_note(summaries), _diverged_note(summaries)])
 
 
 def sweep_table(summaries: Sequence[dict], max_retrain_epochs: int | None = None) -> str:
@@ -157,11 +172,11 @@ def sweep_table(summaries: Sequence[dict], max_retrain_epochs: int | None = None
     chosen = [s for runs in by_ratio.values() for s in runs]
     headers = ["Truncation Parameter (r)", "Ticket Search Epoch Count", "Post-Prune Accuracy",
                _restore_header(chosen), "Total Execution Time", "Converged"]
-    rows = [[f"r = {r:g}", _count(_values(runs, "ticket_epoch")),
+    rows = [[_flagged(f"r = {r:g}", runs), _count(_values(runs, "ticket_epoch")),
              _pct(_values(runs, "post_prune_accuracy")), _restore(runs, max_retrain_epochs),
              _seconds(_values(runs, _total_time)),
              _converged(runs)] for r, runs in sorted(by_ratio.items(), reverse=True)]
-    return _render(headers, rows, [_not_reached_note(chosen)])
+    return _render(headers, rows, [_not_reached_note(chosen), _diverged_note(chosen)])
 
 
 def _gain(run: dict) -> float | None:
@@ -206,5 +221,6 @@ def glue_table(summaries: Sequence[dict], baselines: dict[str, float] | None = N
                 _pct([baselines[t]]) if t in baselines else "-" for t in tasks])
         rows += [[name] + [fn(task_runs) for task_runs in tasks.values()]
                  for name, fn in metrics]
-        blocks.append(_render([labels[variant]] + names, rows))
+        blocks.append(_render([_flagged(labels[variant], runs)] + names, rows,
+                              [_diverged_note(runs)]))
     return "\n\n".join(blocks)

@@ -26,6 +26,7 @@ from wormjax import search as search_lib
 from wormjax import structured
 from wormjax import truncation as truncation_lib
 from wormjax.models import common as model_common
+from wormjax.training import divergence
 from wormjax.training import loop
 from wormjax.training import state as state_lib
 from wormjax.training import steps as steps_lib
@@ -229,6 +230,10 @@ class _Run:
             description=_bar_label(self.variant, self.seed, phase, epoch, eb),
             progress=self.config.progress_bar, prefetch=self.config.data.prefetch,
             put_fn=self.res.parallel.put_batch, replicate=self.res.parallel.replicate)
+        # Before the caller's checkpoint, so no checkpoint holds NaN or inf.
+        divergence.check_finite(
+            {"params": state.params, "batch_stats": state.batch_stats},
+            f"{phase} epoch {epoch}")
         self.meta["data_epoch"] += 1
         self.meta["examples_trained"] += (self.res.task.steps_per_epoch
                                           * self.res.task.batch_size)
@@ -246,6 +251,7 @@ class _Run:
             epoch = self.meta["epoch"]
             t0 = time.perf_counter()
             eb = self.eb_update(eb, state.params)
+            divergence.check_search_state(eb, epoch)
             if bool(eb.converged):
                 self.meta["times"]["search"] += time.perf_counter() - t0
                 self.record(_epoch_record(self.variant, self.seed, "search", epoch,
@@ -373,6 +379,7 @@ class _Run:
         compact = meta.get("structured") or {}
         pruned_flops = compact.get("forward_flops_compact")
         retrain_examples = meta.get("examples_retrain", 0)
+        judged = divergence.verdict(meta, self.res.task.chance_accuracy)
         # Training = 3 forward passes (forward + two gradients) per trained example.
         spent = 3.0 * (train_flops * (meta["examples_trained"] - retrain_examples)
                        + (pruned_flops or train_flops) * retrain_examples)
@@ -390,7 +397,7 @@ class _Run:
             "post_prune_accuracy": meta["post_prune_accuracy"],
             "retrain_accuracy_after_one_epoch":
                 retrain[0]["eval_accuracy"] if retrain else None,
-            "restore_epochs": meta["restore_epochs"],
+            **judged,  # restore_epochs, diverged, diverged_reason, chance_accuracy
             "restore_target": {"kind": cfg.retrain.target_kind,
                                "value": cfg.retrain.target,
                                "accuracy": meta["target_accuracy"]},
@@ -437,5 +444,7 @@ def run_variant(res: RunResources, variant: Variant, seed: int, workdir: str) ->
                 tree["param_mask"] = param_mask
             run.save(tree)
         return run.summary()
+    except divergence.NonFiniteError as err:
+        raise divergence.with_checkpoint_note(err, run.ckpt, run.meta) from None
     finally:
         run.ckpt.close()
