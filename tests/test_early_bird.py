@@ -176,3 +176,106 @@ def test_bad_config_is_rejected_with_the_value(kwargs, name):
 def test_unknown_schedule_lists_the_allowed_ones():
     with pytest.raises(ValueError, match="'none', 'worm', 'always', 'greedy'"):
         wormjax.early_bird(schedule="eager")
+
+
+def _differing(num_entries, counts):
+    """Older masks (oldest first) that differ from an all-False newest mask in
+    ``counts[i]`` entries each, then the newest: a literal window."""
+    older = []
+    for count in counts:
+        m = np.zeros(num_entries, bool)
+        m[:count] = True
+        older.append(jnp.asarray(m))
+    return older + [jnp.zeros(num_entries, bool)]
+
+
+def _push(config, masks_in_order):
+    state = eb.init(masks_in_order[0].shape[0], config)
+    for m in masks_in_order:
+        state = eb.update_with_mask(state, m, config)
+    return state
+
+
+@pytest.mark.parametrize("num_entries, count", [(60, 6), (4800, 480), (10, 1)])
+def test_stop_tie_d_max_equal_to_s_is_decided_exactly(num_entries, count):
+    # float32 count * (1/N) is 0.10000000894 for 6/60: above s as a float.
+    cfg = wormjax.EarlyBirdConfig(window=5, stop_distance=0.1, trigger_margin=0.05,
+                                  schedule="worm")
+    s = _push(cfg, _differing(num_entries, [count] * 4))
+    assert cfg.max_stop_count(num_entries) == count
+    np.testing.assert_array_equal(s.counts, [count] * 4)
+    assert bool(s.converged) and int(s.ticket_epoch) == 4
+    assert not bool(s.active)  # the stop wins; WORM is not triggered
+    assert float(s.d_max) == pytest.approx(0.1)
+    # one more differing entry is above s
+    s = _push(cfg, _differing(num_entries, [count + 1] + [count] * 3))
+    assert not bool(s.converged) and int(s.ticket_epoch) == -1
+
+
+def test_trigger_tie_d_avg_equal_to_s_plus_delta_is_decided_exactly():
+    cfg = wormjax.EarlyBirdConfig(window=5, stop_distance=0.1, trigger_margin=0.05,
+                                  schedule="worm")
+    # distances [0, 0, 0.04, 0.56]: d_avg is exactly 0.15 = s + delta (strict: no)
+    s = _push(cfg, _differing(50, [0, 0, 2, 28]))
+    np.testing.assert_allclose(s.dists, [0.0, 0.0, 0.04, 0.56], rtol=1e-6)
+    assert cfg.max_trigger_count(50) == 29  # sum < 0.15 * 4 * 50 = 30
+    assert not bool(s.active) and not bool(s.converged)
+    # one differing entry fewer: d_avg = 29/200 < 0.15 -> triggers
+    s = _push(cfg, _differing(50, [0, 0, 2, 27]))
+    assert bool(s.active) and not bool(s.converged)
+    assert float(s.d_avg) == pytest.approx(29 / 200)
+
+
+def test_bounds_use_the_decimal_values_not_the_binary_doubles():
+    # 0.1 + 0.2 as doubles is 0.30000000000000004; as decimals it is 3/10.
+    cfg = wormjax.EarlyBirdConfig(window=2, stop_distance=0.1, trigger_margin=0.2)
+    assert cfg.max_trigger_count(10) == 2  # sum < 3
+    assert cfg.max_stop_count(10) == 1
+    # 0.7 * 10 is 7.000000000000001 in doubles; floor(7/10 * 10) = 7
+    assert wormjax.EarlyBirdConfig(stop_distance=0.7).max_stop_count(10) == 7
+    # s + delta above 1 is capped at the largest possible sum
+    assert wormjax.EarlyBirdConfig(window=3, stop_distance=0.9,
+                                   trigger_margin=0.5).max_trigger_count(10) == 20
+
+
+def test_greedy_ratio_is_d_avg_from_the_counts():
+    cfg = wormjax.EarlyBirdConfig(window=5, stop_distance=0.01, schedule="greedy")
+    s = _push(cfg, _differing(50, [0, 0, 2, 28]))
+    assert float(s.ratio) == pytest.approx(0.15) and float(s.d_avg) == pytest.approx(0.15)
+
+
+@pytest.mark.parametrize("bad", [jnp.nan, jnp.inf, -jnp.inf])
+def test_non_finite_representative_never_converges_and_is_flagged(bad):
+    search = wormjax.early_bird(window=2, stop_distance=0.5, trigger_margin=0.5,
+                                schedule="worm")
+    state = search.init(4)
+    state = search.update(state, [jnp.array([1.0, 2.0, 3.0, 4.0])])
+    assert not bool(state.nonfinite)
+    poisoned = jnp.array([1.0, 2.0, 3.0, bad])
+    state = search.update(state, [poisoned])
+    assert bool(state.nonfinite)
+    assert not bool(state.converged) and not bool(state.active)
+    # sticky: finite magnitudes again do not make it converge
+    clean = [jnp.array([1.0, 2.0, 3.0, 4.0])]
+    state = search.update(search.update(state, clean), clean)
+    assert bool(state.nonfinite) and not bool(state.converged)
+    assert int(state.ticket_epoch) == -1
+    # the same masks from finite values converge
+    fine = search.update(search.update(search.init(4), clean), clean)
+    assert bool(fine.converged) and not bool(fine.nonfinite)
+
+
+def test_all_nan_representatives_are_not_a_ticket():
+    # Every magnitude NaN gives a keep-nothing mask that never changes; it must
+    # not read as a converged ticket with 0 entries kept.
+    search = wormjax.early_bird(window=2, stop_distance=0.1, schedule="none")
+    state = search.init(6)
+    for _ in range(3):
+        state = search.update(state, [jnp.full((6,), jnp.nan)])
+    assert int(jnp.sum(state.newest_mask)) == 0 and int(state.counts[0]) == 0
+    assert bool(state.nonfinite) and not bool(state.converged)
+
+
+def test_too_many_entries_for_int32_counts_is_rejected():
+    with pytest.raises(ValueError, match="int32"):
+        eb.init(2**30, wormjax.EarlyBirdConfig(window=5))

@@ -70,6 +70,16 @@ def test_bf16_leaves_keep_their_order():
         wormjax.global_magnitude_mask(tree, 0.5)[0], [False, False, True, False])
 
 
+def test_nan_entries_are_never_kept_and_push_the_threshold_up():
+    # sorted |x| = .5 1 3 4 inf nan; floor(6 * .5) = 3 -> thr = 4; keep > 4
+    keep = masks.flat_magnitude_mask(jnp.array([1.0, jnp.nan, 3.0, 4.0, jnp.inf, 0.5]),
+                                     0.5)
+    np.testing.assert_array_equal(keep, [False, False, False, False, True, False])
+    # enough NaNs that the threshold is NaN: nothing is kept
+    many = jnp.array([1.0, jnp.nan, jnp.nan, jnp.nan, jnp.inf, 0.5])
+    assert not bool(jnp.any(masks.flat_magnitude_mask(many, 0.5)))
+
+
 @pytest.mark.parametrize("p", [0.0, 1.0, -0.1, 1.5, float("nan"), "half"])
 def test_bad_prune_ratio_is_rejected(p):
     with pytest.raises(ValueError, match="prune_ratio"):

@@ -97,6 +97,14 @@ def global_magnitude_mask(tree, prune_ratio: float):
     Returns:
       A pytree with the structure and leaf shapes of ``tree`` holding bools,
       True where the entry is kept.
+
+    NaN is not checked here (this also runs inside jit). A NaN magnitude sorts
+    above +inf when the threshold is chosen, but ``NaN > thr`` is False, so NaN
+    entries are never kept. When more than ``N - floor(N * p) - 1`` entries are
+    NaN, the threshold itself is NaN and nothing is kept. +inf counts as the
+    largest magnitude. Check ``jnp.isfinite`` first if the parameters may have
+    diverged; the Early-Bird search does this for you
+    (``EarlyBirdState.nonfinite``).
     """
     _validate.open_interval("prune_ratio", prune_ratio, 0.0, 1.0)
     keep = flat_magnitude_mask(flat_magnitudes(tree), prune_ratio)

@@ -16,6 +16,8 @@ The rules are docs/algorithm.md sections 2 and 3.
 from __future__ import annotations
 
 import dataclasses
+import fractions
+import math
 from typing import Callable, NamedTuple
 
 import jax
@@ -35,6 +37,14 @@ __all__ = [
 ]
 
 SCHEDULES = ("none", "worm", "always", "greedy")
+
+# Counts of differing entries are summed in int32 inside jit.
+_MAX_COUNT_SUM = 2**31 - 1
+
+
+def _decimal(value) -> fractions.Fraction:
+    """``value`` as the decimal it is written as: 0.1 is 1/10, not the double."""
+    return fractions.Fraction(str(value))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +82,27 @@ class EarlyBirdConfig:
         """s + delta: WORM truncation starts when d_avg falls strictly below it."""
         return self.stop_distance + self.trigger_margin
 
+    def max_stop_count(self, num_entries: int) -> int:
+        """The most differing entries per older mask that still stop the search.
+
+        ``d <= s`` with ``d = count / N`` is ``count <= floor(s * N)``, computed
+        exactly from the decimal ``s``, so a distance equal to ``s`` stops the
+        search however float32 would round ``count / N``.
+        """
+        return math.floor(_decimal(self.stop_distance) * num_entries)
+
+    def max_trigger_count(self, num_entries: int) -> int:
+        """The largest summed count over the older masks that triggers WORM.
+
+        ``d_avg < s + delta`` with ``d_avg = sum(counts) / ((l - 1) * N)`` is
+        ``sum(counts) < (s + delta) * (l - 1) * N``; the sum is an integer, so it
+        is ``sum(counts) <= ceil(bound) - 1``, exact from the decimal s and delta.
+        Capped at ``(l - 1) * N``, the largest sum there is.
+        """
+        pairs = (self.window - 1) * num_entries
+        bound = (_decimal(self.stop_distance) + _decimal(self.trigger_margin)) * pairs
+        return min(math.ceil(bound) - 1, pairs)
+
 
 class EarlyBirdState(NamedTuple):
     """Everything the search carries between epochs; fixed shapes, no Python.
@@ -79,7 +110,8 @@ class EarlyBirdState(NamedTuple):
     Attributes:
       masks: bool [window, N], oldest first; ``masks[-1]`` is the newest mask.
       num_pushed: int32, masks pushed so far (the window is full at >= window).
-      dists: float32 [window - 1], newest vs each older mask (1.0 until full).
+      dists: float32 [window - 1], newest vs each older mask (1.0 until full);
+        ``counts / N``, for reporting: the rules decide on ``counts``.
       d_max: float32, max of ``dists``.
       d_avg: float32, mean of ``dists``.
       converged: bool, the stop rule held at some update (sticky).
@@ -87,6 +119,11 @@ class EarlyBirdState(NamedTuple):
       active: bool, truncation is applied during the next training epoch.
       ratio: float32, the multiplier r for pruned entries while active.
       epoch: int32, updates done so far (= index of the next search epoch).
+      counts: int32 [window - 1], entries on which the newest mask differs from
+        each older one (N until the window is full); the stop rule and the
+        trigger compare these with exact integer bounds.
+      nonfinite: bool, some update saw a NaN or infinite representative
+        magnitude (sticky); such a search never converges nor triggers.
     """
 
     masks: jax.Array
@@ -99,6 +136,8 @@ class EarlyBirdState(NamedTuple):
     active: jax.Array
     ratio: jax.Array
     epoch: jax.Array
+    counts: jax.Array
+    nonfinite: jax.Array
 
     @property
     def newest_mask(self) -> jax.Array:
@@ -110,6 +149,10 @@ def init(num_entries: int, config: EarlyBirdConfig) -> EarlyBirdState:
     """An empty search over ``num_entries`` representative entries."""
     _validate.at_least("num_entries", num_entries, 2)
     n_dists = config.window - 1
+    if n_dists * num_entries > _MAX_COUNT_SUM:
+        raise ValueError(
+            f"(window - 1) * num_entries = {n_dists} * {num_entries} exceeds "
+            f"{_MAX_COUNT_SUM}, the largest int32 sum of mask differences")
     return EarlyBirdState(
         # All-keep placeholders: before the first update a truncation that
         # reads newest_mask touches nothing.
@@ -125,27 +168,49 @@ def init(num_entries: int, config: EarlyBirdConfig) -> EarlyBirdState:
             1.0 if config.schedule in ("none", "greedy") else config.truncation_ratio,
             jnp.float32),
         epoch=jnp.zeros((), jnp.int32),
+        counts=jnp.full((n_dists,), num_entries, jnp.int32),
+        nonfinite=jnp.zeros((), jnp.bool_),
     )
 
 
 def update_with_mask(state: EarlyBirdState, new_mask: jax.Array,
-                     config: EarlyBirdConfig) -> EarlyBirdState:
-    """One search epoch's bookkeeping given its flat keep mask (steps 1-3)."""
+                     config: EarlyBirdConfig, finite=True) -> EarlyBirdState:
+    """One search epoch's bookkeeping given its flat keep mask (steps 1-3).
+
+    Args:
+      state: the search state before this epoch.
+      new_mask: bool [N], the keep mask of this epoch.
+      config: the static search settings.
+      finite: bool scalar, whether the magnitudes behind ``new_mask`` were all
+        finite; False marks the state ``nonfinite`` for good.
+
+    Returns:
+      The new state.
+    """
+    num_entries = new_mask.shape[0]
     window = jnp.concatenate([state.masks[1:], new_mask[None, :]], axis=0)
     num_pushed = state.num_pushed + 1
     full = num_pushed >= config.window
     # Newest against each older mask, not consecutive pairs.
-    raw = jnp.mean(window[:-1] != window[-1][None, :], axis=1, dtype=jnp.float32)
-    dists = jnp.where(full, raw, jnp.ones_like(raw))
-    d_max, d_avg = jnp.max(dists), jnp.mean(dists)
+    raw = jnp.sum(window[:-1] != window[-1][None, :], axis=1, dtype=jnp.int32)
+    counts = jnp.where(full, raw, jnp.full_like(raw, num_entries))
+    # Float distances only report; float32 rounding of count / N must not move
+    # a tie across s or s + delta, so the decisions below use the counts.
+    dists = counts.astype(jnp.float32) / num_entries
+    d_max = jnp.max(counts).astype(jnp.float32) / num_entries
+    d_avg = (jnp.sum(counts).astype(jnp.float32)
+             / ((config.window - 1) * num_entries))
+    nonfinite = state.nonfinite | ~jnp.asarray(finite, jnp.bool_)
 
-    stop_now = full & (d_max <= config.stop_distance) & ~state.converged
+    stop_now = (full & (jnp.max(counts) <= config.max_stop_count(num_entries))
+                & ~nonfinite & ~state.converged)
     converged = state.converged | stop_now
     ticket_epoch = jnp.where(stop_now, state.epoch, state.ticket_epoch)
 
     if config.schedule == "worm":
         # Checked only when the search goes on; once on it stays on.
-        triggered = ~converged & (d_avg < config.trigger_threshold)
+        triggered = (~converged & ~nonfinite
+                     & (jnp.sum(counts) <= config.max_trigger_count(num_entries)))
         active, ratio = state.active | triggered, state.ratio
     elif config.schedule == "greedy":
         active, ratio = state.active, d_avg.astype(jnp.float32)
@@ -155,7 +220,8 @@ def update_with_mask(state: EarlyBirdState, new_mask: jax.Array,
     return EarlyBirdState(
         masks=window, num_pushed=num_pushed, dists=dists, d_max=d_max,
         d_avg=d_avg, converged=converged, ticket_epoch=ticket_epoch,
-        active=active, ratio=ratio, epoch=state.epoch + 1,
+        active=active, ratio=ratio, epoch=state.epoch + 1, counts=counts,
+        nonfinite=nonfinite,
     )
 
 
@@ -171,6 +237,8 @@ def update(state: EarlyBirdState, representative, config: EarlyBirdConfig
 
     Returns:
       The new state: window, distances, converged flag, ticket epoch, trigger.
+      A NaN or infinite magnitude sets the sticky ``nonfinite`` flag (jit
+      cannot raise): the caller should check it and stop.
     """
     mags = masks.flat_magnitudes(representative)
     if mags.shape[0] != state.masks.shape[1]:
@@ -179,7 +247,8 @@ def update(state: EarlyBirdState, representative, config: EarlyBirdConfig
             f"state was initialised for {state.masks.shape[1]}"
         )
     return update_with_mask(
-        state, masks.flat_magnitude_mask(mags, config.prune_ratio), config)
+        state, masks.flat_magnitude_mask(mags, config.prune_ratio), config,
+        finite=jnp.all(jnp.isfinite(mags)))
 
 
 class EarlyBirdSearch(NamedTuple):

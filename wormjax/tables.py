@@ -107,6 +107,21 @@ def _labels(groups: dict[str, list[dict]]) -> dict[str, str]:
             for v, lab in labels.items()}
 
 
+def _flagged(label: str, runs: Sequence[dict]) -> str:
+    """``label``, marked when some of its runs diverged (accuracy at chance)."""
+    n = sum(bool(r.get("diverged")) for r in runs)
+    if not n:
+        return label
+    return f"{label} DIVERGED" + (f" {n}/{len(runs)}" if len(runs) > 1 else "")
+
+
+def _diverged_note(summaries: Sequence[dict]) -> str:
+    if not any(s.get("diverged") for s in summaries):
+        return ""
+    return ("DIVERGED: the trained or retrained accuracy is at chance, so these numbers "
+            "do not measure the method; see diverged_reason in summary.json.")
+
+
 def _render(headers: Sequence[str], rows: Sequence[Sequence[str]], notes=(),
             width: int = WIDTH) -> str:
     """A Markdown pipe table in ``width`` columns: value columns right-aligned, at
@@ -196,10 +211,11 @@ def comparison_table(summaries: Sequence[dict], max_retrain_epochs: int | None =
         ("Total Wall Time", lambda rs: _seconds(_values(rs, _total_time))),
         ("Converged", _converged),
     ]
-    headers = ["Algorithm"] + [labels[v] for v in groups]
+    headers = ["Algorithm"] + [_flagged(labels[v], runs) for v, runs in groups.items()]
     rows = [[name] + [fn(runs) for runs in groups.values()] for name, fn in metrics]
     return _render(headers, rows, [_not_reached_note(summaries), _WALL_TIME_NOTE,
-                                   _chance_note(groups, labels, num_classes)])
+                                   _chance_note(groups, labels, num_classes),
+                                   _diverged_note(summaries)])
 
 
 def sweep_table(summaries: Sequence[dict], max_retrain_epochs: int | None = None) -> str:
@@ -227,11 +243,12 @@ def sweep_table(summaries: Sequence[dict], max_retrain_epochs: int | None = None
               "Post-Prune: accuracy right after pruning. Restore Ep.: retraining "
               f"epochs to the restore target ({_restore_header(chosen)}). "
               "Conv.: runs whose search converged.")
-    rows = [[f"{r:g}", _count(_values(runs, "ticket_epoch")),
+    rows = [[_flagged(f"{r:g}", runs), _count(_values(runs, "ticket_epoch")),
              _pct(_values(runs, "post_prune_accuracy")), _restore(runs, max_retrain_epochs),
              _seconds(_values(runs, _total_time)),
              _converged(runs)] for r, runs in sorted(by_ratio.items(), reverse=True)]
-    return _render(headers, rows, [legend, _not_reached_note(chosen), _WALL_TIME_NOTE])
+    return _render(headers, rows, [legend, _not_reached_note(chosen), _WALL_TIME_NOTE,
+                                   _diverged_note(chosen)])
 
 
 def _gain(run: dict) -> float | None:
@@ -276,5 +293,6 @@ def glue_table(summaries: Sequence[dict], baselines: dict[str, float] | None = N
                 _pct([baselines[t]]) if t in baselines else "-" for t in tasks])
         rows += [[name] + [fn(task_runs) for task_runs in tasks.values()]
                  for name, fn in metrics]
-        blocks.append(_render([labels[variant]] + names, rows))
+        blocks.append(_render([_flagged(labels[variant], runs)] + names, rows,
+                              [_diverged_note(runs)]))
     return "\n\n".join(blocks)

@@ -20,6 +20,7 @@ from wormjax import selectors as selectors_lib
 from wormjax.data import images as images_lib
 from wormjax.data import pipeline
 from wormjax.models import torchvision_import
+from wormjax.training import divergence
 
 __all__ = ["ImageTask", "forward_flops"]
 
@@ -98,6 +99,11 @@ class ImageTask:
     @property
     def num_eval_examples(self) -> int:
         return len(self.eval_ds)
+
+    @property
+    def chance_accuracy(self) -> float | None:
+        """Eval accuracy of always predicting the most frequent class (divergence)."""
+        return divergence.chance_accuracy(self.eval_ds.labels)
 
     @property
     def input_shape(self):

@@ -15,12 +15,13 @@ import jax
 from tqdm.auto import tqdm
 
 from wormjax.data import pipeline
+from wormjax.training import divergence
 from wormjax.training import steps as steps_lib
 
 __all__ = ["NonFiniteLossError", "EpochResult", "train_epoch", "evaluate"]
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(divergence.NonFiniteError):
     """The training loss became NaN or infinite."""
 
 
@@ -99,8 +100,8 @@ def _checked(acc, description: str) -> dict:
     running = steps_lib.read_metrics(acc)
     if not math.isfinite(running["loss"]):
         raise NonFiniteLossError(
-            f"training loss is {running['loss']} ({description}); the run stopped and "
-            "the last good checkpoint was kept. Lower the learning rate or check the data.")
+            f"training loss is {running['loss']} ({description}); the run stopped before "
+            "this epoch's checkpoint. Lower the learning rate or check the data.")
     return running
 
 

@@ -27,6 +27,7 @@ from wormjax import search as search_lib
 from wormjax import structured
 from wormjax import truncation as truncation_lib
 from wormjax.models import common as model_common
+from wormjax.training import divergence
 from wormjax.training import interrupt
 from wormjax.training import loop
 from wormjax.training import recalibration
@@ -231,6 +232,11 @@ class _Run(resume_lib.Resumable):
             start_step=start, acc=self.resume_acc,
             should_stop=interrupt.stop_requested)
         self.resume_acc = None
+        # Before any checkpoint of this epoch (an interrupted one too), so no
+        # checkpoint holds NaN or inf.
+        divergence.check_finite(
+            {"params": out.state.params, "batch_stats": out.state.batch_stats},
+            f"{phase} epoch {epoch}")
         if out.steps < self.res.task.steps_per_epoch:
             self.stop_inside_epoch(out, t0, tree, f"{phase} epoch {epoch}")
         self.meta.update(step_in_epoch=0, partial_seconds=0.0)
@@ -255,6 +261,7 @@ class _Run(resume_lib.Resumable):
             t0 = self.epoch_start()
             if not self.meta["step_in_epoch"]:  # else resumed inside: eb is updated
                 eb = self.eb_update(eb, state.params)
+                divergence.check_search_state(eb, epoch)
             if bool(eb.converged):
                 self.meta["times"]["search"] += time.perf_counter() - t0
                 self.record(_epoch_record(self.variant, self.seed, "search", epoch,
@@ -395,6 +402,7 @@ class _Run(resume_lib.Resumable):
         compact = meta.get("structured") or {}
         pruned_flops = compact.get("forward_flops_compact")
         retrain_examples = meta.get("examples_retrain", 0)
+        judged = divergence.verdict(meta, self.res.task.chance_accuracy)
         # Training = 3 forward passes (forward + two gradients) per trained example.
         spent = 3.0 * (train_flops * (meta["examples_trained"] - retrain_examples)
                        + (pruned_flops or train_flops) * retrain_examples)
@@ -414,7 +422,7 @@ class _Run(resume_lib.Resumable):
                 meta.get("post_prune_accuracy_before_recalibration"),
             "retrain_accuracy_after_one_epoch":
                 retrain[0]["eval_accuracy"] if retrain else None,
-            "restore_epochs": meta["restore_epochs"],
+            **judged,  # restore_epochs, diverged, diverged_reason, chance_accuracy
             "restore_target": {"kind": cfg.retrain.target_kind,
                                "value": cfg.retrain.target,
                                "accuracy": meta["target_accuracy"]},
@@ -457,5 +465,7 @@ def run_variant(res: RunResources, variant: Variant, seed: int, workdir: str) ->
                 run.save_compact_model(state)  # again on a re-run: same bytes
             run.meta["phase"] = "done"  # the last retraining checkpoint ends the run
         return run.summary()
+    except divergence.NonFiniteError as err:
+        raise divergence.with_checkpoint_note(err, run.ckpt, run.meta) from None
     finally:
         run.ckpt.close()

@@ -23,6 +23,7 @@ from wormjax.data import glue as glue_lib
 from wormjax.data import text as text_lib
 from wormjax.models import hf_import
 from wormjax.models import weight_files
+from wormjax.training import divergence
 from wormjax.training import image_task
 
 __all__ = ["TextTask", "subset_indices", "looks_like_path"]
@@ -189,6 +190,11 @@ class TextTask:
     @property
     def num_eval_examples(self) -> int:
         return len(self.eval_data)
+
+    @property
+    def chance_accuracy(self) -> float | None:
+        """Eval accuracy of always predicting the most frequent class (divergence)."""
+        return divergence.chance_accuracy(self.eval_data.labels)
 
     def _params_for_seed(self, seed: int):
         if seed not in self._host_params:
