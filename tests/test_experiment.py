@@ -210,7 +210,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
         return out
 
     monkeypatch.setattr(steps_lib, "read_metrics", poisoned)
-    with pytest.raises(loop.NonFiniteLossError, match="last good checkpoint"):
+    with pytest.raises(loop.NonFiniteLossError, match="newest checkpoint is step 8"):
         experiment.run_experiment(tiny_config(), workdir, print_fn=lambda s: None)
     monkeypatch.setattr(steps_lib, "read_metrics", real_read)
     ckpt_dir = os.path.join(workdir, "eb_seed0", "checkpoints")
