@@ -38,11 +38,10 @@ def _expected_variants(config) -> set[str]:
     return {v.name for v in experiment_lib.variants_from_config(config)}
 
 
-def run_unit(study, experiment, seed: int, root: str, workroot: str) -> list[dict]:
-    """Runs (or resumes) one experiment x seed; returns its JSON rows."""
+def run_unit(study, experiment, seed: int, config, workroot: str) -> list[dict]:
+    """Runs (or resumes) one experiment x seed with its built config; returns its rows."""
     from wormjax import experiment as experiment_lib  # noqa: PLC0415 - imports JAX
 
-    config = plan_lib.experiment_config(experiment, seed, root)
     workdir = os.path.join(workroot, study.name, experiment.name, f"seed{seed}")
     payload = experiment_lib.run_experiment(config, workdir, print_fn=print)
     settings = {"config": experiment.config, "overrides": dict(experiment.overrides),
@@ -109,7 +108,7 @@ def main(argv=None) -> int:
             if args.max_minutes and time.monotonic() - started > 60 * args.max_minutes:
                 break
             logging.info("study %s: %s seed %d", study.name, experiment.name, seed)
-            rows = run_unit(study, experiment, seed, args.root, args.workroot)
+            rows = run_unit(study, experiment, seed, config, args.workroot)
             data = results_lib.merge(data, rows)
             results_lib.save(results_path, data)
             ran += 1
