@@ -91,7 +91,7 @@ def _config_value(argv) -> str | None:
 
 def _unknown_override(argv, value: str) -> str | None:
     """The first ``--config.<field>`` override naming no field of the config, explained."""
-    from wormjax import config_checks  # noqa: PLC0415 - only on this error path
+    from wormjax.pipeline import config_checks  # noqa: PLC0415 - only on this error path
 
     path, _, arg = value.partition(":")  # config_flags' "file:argument" form
     spec = importlib.util.spec_from_file_location("_wormjax_launch_config", path)
@@ -152,8 +152,8 @@ def main(argv):
     set_host_devices(_HOST_DEVICES.value)
     import jax  # noqa: PLC0415 - after flag parsing and XLA_FLAGS
 
-    from wormjax import experiment  # noqa: PLC0415
-    from wormjax.training import interrupt  # noqa: PLC0415
+    from wormjax.pipeline import experiment  # noqa: PLC0415
+    from wormjax.pipeline import interrupt  # noqa: PLC0415
 
     if _JAX_CACHE.value:
         jax.config.update("jax_compilation_cache_dir", _JAX_CACHE.value)

@@ -1,6 +1,6 @@
 """Compile time and count per jitted function over a short full run, and peak memory.
 
-Runs ``wormjax.experiment.run_experiment`` on the digits quick-start config (EB Train
+Runs ``wormjax.pipeline.experiment.run_experiment`` on the digits quick-start config (EB Train
 and WORM arms, search -> prune -> retrain) at a reduced size in a temporary workdir,
 in a fresh subprocess so that neither earlier compilations nor earlier benches' memory
 leak into the figures. JAX's own monitoring events give the trace, lowering and backend
@@ -53,7 +53,7 @@ def _child(size: str, cache_dir: str = "") -> dict:
         executable cached, however quick to compile).
     """
     import jax  # noqa: PLC0415
-    from wormjax import experiment  # noqa: PLC0415
+    from wormjax.pipeline import experiment  # noqa: PLC0415
 
     if cache_dir:
         jax.config.update("jax_compilation_cache_dir", cache_dir)

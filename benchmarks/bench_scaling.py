@@ -36,10 +36,10 @@ def _worker(num_devices: int, model: str, width: float, batch: int, size: str) -
     import jax
 
     from configs import base
-    from wormjax.training import distributed
-    from wormjax.training import image_task
-    from wormjax.training import state as state_lib
-    from wormjax.training import steps as steps_lib
+    from wormjax.pipeline import distributed
+    from wormjax.pipeline import image_task
+    from wormjax.pipeline import state as state_lib
+    from wormjax.pipeline import steps as steps_lib
 
     config = base.get_config()
     config.data.name = "digits"

@@ -1,6 +1,6 @@
 """The wormjax train steps the benchmarks time: the library's own jitted step.
 
-A workload is ``wormjax.training.steps.make_steps`` around a model's forward and
+A workload is ``wormjax.pipeline.steps.make_steps`` around a model's forward and
 the wormjax optimizer chain (``make_optimizer``: WORM truncation first, then SGD
 or AdamW), its train state, two fixed random batches already on the device, and
 two truncation states (inactive; active with a random 50% mask and r = 3e-3).
@@ -26,8 +26,8 @@ from wormjax import selectors
 from wormjax import truncation as truncation_lib
 from wormjax.models import bert as bert_lib
 from wormjax.models import hf_import
-from wormjax.training import state as state_lib
-from wormjax.training import steps as steps_lib
+from wormjax.pipeline import state as state_lib
+from wormjax.pipeline import steps as steps_lib
 
 CNN_MODELS = {"vgg11": "cifar_vgg11", "resnet18": "cifar_resnet18"}
 BERT_MODELS = ("minilm", "bert_base")
@@ -98,7 +98,7 @@ def image_task(spec: CnnSpec):
     Only its forward, initial variables and selector are used; the batches are random.
     """
     from configs import base  # noqa: PLC0415
-    from wormjax.training import image_task as image_task_lib  # noqa: PLC0415
+    from wormjax.pipeline import image_task as image_task_lib  # noqa: PLC0415
 
     config = base.get_config()
     config.model.name = CNN_MODELS[spec.model]

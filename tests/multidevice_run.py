@@ -12,8 +12,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from test_experiment import tiny_config  # noqa: E402
 
-from wormjax import checkpoint as ckpt_lib  # noqa: E402
-from wormjax import experiment  # noqa: E402
+from wormjax.pipeline import checkpoint as ckpt_lib  # noqa: E402
+from wormjax.pipeline import experiment  # noqa: E402
 
 
 def main():

@@ -24,15 +24,15 @@ from configs import bert_base
 from configs import quickstart
 from conftest import set_fields
 from test_data import _fake_batches, _pickle_bytes, _write_tarball
-from wormjax import config_checks
-from wormjax import experiment
+from wormjax.pipeline import config_checks
+from wormjax.pipeline import experiment
 from wormjax.data import images as images_lib
 from wormjax.data import text as text_lib
 from wormjax.models import hf_import
 from wormjax.models import torchvision_import
 from wormjax.models import weight_files
-from wormjax.training import image_task
-from wormjax.training import text_task
+from wormjax.pipeline import image_task
+from wormjax.pipeline import text_task
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HF_CONFIG = {"model_type": "bert", "vocab_size": 30, "hidden_size": 8, "num_hidden_layers": 1,

@@ -81,6 +81,6 @@ def test_batch_that_does_not_divide_names_working_sizes(tmp_path):
 
 
 def test_more_devices_than_exist_is_refused():
-    from wormjax.training import distributed
+    from wormjax.pipeline import distributed
     with pytest.raises(ValueError, match="mesh.data"):
         distributed.make_data_parallel(jax.device_count() + 1)

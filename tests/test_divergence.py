@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from test_experiment import tiny_config
-from wormjax import checkpoint as ckpt_lib
-from wormjax import experiment
-from wormjax import tables
+from wormjax.pipeline import checkpoint as ckpt_lib
+from wormjax.pipeline import experiment
+from wormjax.pipeline import tables
 from wormjax.data import images as images_lib
-from wormjax.training import divergence
-from wormjax.training import image_task
-from wormjax.training import loop
+from wormjax.pipeline import divergence
+from wormjax.pipeline import image_task
+from wormjax.pipeline import loop
 
 
 def _meta(pre, post, retrain, target=None, restore=None):

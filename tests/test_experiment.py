@@ -9,8 +9,8 @@ import pytest
 
 from conftest import set_fields
 from configs import quickstart
-from wormjax import checkpoint as ckpt_lib
-from wormjax import experiment
+from wormjax.pipeline import checkpoint as ckpt_lib
+from wormjax.pipeline import experiment
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMING_KEYS = ("times", "wall_time_this_invocation", "compile_seconds", "epoch_time")
@@ -194,8 +194,8 @@ def test_launch_splits_batches_over_host_devices(tmp_path):
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(
         reference_run, tmp_path, monkeypatch):
-    from wormjax.training import loop
-    from wormjax.training import steps as steps_lib
+    from wormjax.pipeline import loop
+    from wormjax.pipeline import steps as steps_lib
 
     ref_dir, _ = reference_run
     workdir = str(tmp_path / "nan")

@@ -8,10 +8,10 @@ import types
 import pytest
 
 from test_tables import _summary
-from wormjax import report
-from wormjax import tables
-from wormjax.training import loop
-from wormjax.training import run as run_lib
+from wormjax.pipeline import report
+from wormjax.pipeline import tables
+from wormjax.pipeline import loop
+from wormjax.pipeline import run as run_lib
 
 
 def _lines(text):

@@ -21,7 +21,7 @@ import pytest
 
 import test_experiment
 import test_text_task
-from wormjax import experiment
+from wormjax.pipeline import experiment
 
 _RUN_KEYS = ("task", "variant", "schedule", "placement", "seed", "truncation_ratio",
              "converged", "ticket_epoch", "trigger_threshold", "pre_prune_accuracy",

@@ -11,11 +11,11 @@ import time
 import pytest
 
 from test_experiment import REPO, _strip_timing, tiny_config
-from wormjax import checkpoint as ckpt_lib
-from wormjax import experiment
-from wormjax import report
-from wormjax import workdir as workdir_lib
-from wormjax.training import interrupt
+from wormjax.pipeline import checkpoint as ckpt_lib
+from wormjax.pipeline import experiment
+from wormjax.pipeline import report
+from wormjax.pipeline import workdir as workdir_lib
+from wormjax.pipeline import interrupt
 
 RUN = "worm_seed0"
 
@@ -249,7 +249,7 @@ def test_a_second_run_on_a_locked_workdir_is_refused_at_once(tmp_path):
 
 def test_a_dead_process_does_not_hold_the_lock(tmp_path):
     workdir = workdir_lib.prepare(str(tmp_path / "w"))
-    code = ("import sys; from wormjax import workdir as w\n"
+    code = ("import sys; from wormjax.pipeline import workdir as w\n"
             "with w.locked(sys.argv[1]):\n    print('held', flush=True)\n"
             "    import os; os._exit(9)\n")
     out = subprocess.run([sys.executable, "-c", code, workdir], cwd=REPO,

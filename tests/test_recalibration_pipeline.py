@@ -2,7 +2,7 @@
 
 import pytest
 
-from wormjax import experiment
+from wormjax.pipeline import experiment
 
 from test_experiment import tiny_config
 

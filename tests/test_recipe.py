@@ -13,13 +13,13 @@ from configs import base
 from configs import bert_base
 from configs import vgg11_eb_official
 from configs import vgg16_eb_official
-from wormjax import experiment
+from wormjax.pipeline import experiment
 from wormjax import models
 from wormjax import selectors
 from wormjax import structured
 from wormjax.models import common
 from wormjax.models import vgg
-from wormjax.training import state as state_lib
+from wormjax.pipeline import state as state_lib
 
 SELECTOR = wormjax.batchnorm_selector()
 

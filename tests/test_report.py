@@ -10,8 +10,8 @@ import warnings
 import numpy as np
 import pytest
 
-from wormjax import plots
-from wormjax import report
+from wormjax.pipeline import plots
+from wormjax.pipeline import report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -1,6 +1,6 @@
-"""The paper-format result tables built from run summaries (wormjax.tables)."""
+"""The paper-format result tables built from run summaries (wormjax.pipeline.tables)."""
 
-from wormjax import tables
+from wormjax.pipeline import tables
 
 
 def _summary(variant, schedule, seed, ticket, pre, post, after1, restore, total,

@@ -14,14 +14,14 @@ import wormjax
 from conftest import set_fields
 from configs import bert_base
 from configs import bert_rte_worm
-from wormjax import checkpoint as ckpt_lib
-from wormjax import experiment
+from wormjax.pipeline import checkpoint as ckpt_lib
+from wormjax.pipeline import experiment
 from wormjax import search as search_lib
 from wormjax import selectors as selectors_lib
 from wormjax.models import hf_import
-from wormjax.training import run as run_lib
-from wormjax.training import state as state_lib
-from wormjax.training import text_task
+from wormjax.pipeline import run as run_lib
+from wormjax.pipeline import state as state_lib
+from wormjax.pipeline import text_task
 
 HIDDEN, LAYERS, FF, MAX_POS = 32, 2, 64, 64
 WORDS = ("the cat dog sat ran on mat park a big small red blue house tree car saw man "

@@ -36,7 +36,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from wormjax import _validate
-from wormjax import report
+from wormjax.pipeline import report
 from wormjax import selectors as selectors_lib
 from wormjax.models import common
 from wormjax.models import resnet

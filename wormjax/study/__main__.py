@@ -34,13 +34,13 @@ def _units(study, only, seeds):
 
 
 def _expected_variants(config) -> set[str]:
-    from wormjax import experiment as experiment_lib  # noqa: PLC0415 - imports JAX
+    from wormjax.pipeline import experiment as experiment_lib  # noqa: PLC0415 - imports JAX
     return {v.name for v in experiment_lib.variants_from_config(config)}
 
 
 def run_unit(study, experiment, seed: int, config, workroot: str) -> list[dict]:
     """Runs (or resumes) one experiment x seed with its built config; returns its rows."""
-    from wormjax import experiment as experiment_lib  # noqa: PLC0415 - imports JAX
+    from wormjax.pipeline import experiment as experiment_lib  # noqa: PLC0415 - imports JAX
 
     workdir = os.path.join(workroot, study.name, experiment.name, f"seed{seed}")
     payload = experiment_lib.run_experiment(config, workdir, print_fn=print)

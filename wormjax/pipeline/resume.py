@@ -17,10 +17,10 @@ import time
 import jax
 import jax.numpy as jnp
 
-from wormjax import checkpoint as ckpt_lib
-from wormjax.training import interrupt
-from wormjax.training import state as state_lib
-from wormjax.training import steps as steps_lib
+from wormjax.pipeline import checkpoint as ckpt_lib
+from wormjax.pipeline import interrupt
+from wormjax.pipeline import state as state_lib
+from wormjax.pipeline import steps as steps_lib
 
 __all__ = ["Resumable"]
 

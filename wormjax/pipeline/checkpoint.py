@@ -22,8 +22,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from wormjax import _validate
-from wormjax import report
-from wormjax.checkpoint_integrity import (DIGESTS_KEY, FILES_NAME,  # noqa: F401
+from wormjax.pipeline import report
+from wormjax.pipeline.checkpoint_integrity import (DIGESTS_KEY, FILES_NAME,  # noqa: F401
                                          CorruptCheckpointError, check_files, seal,
                                          tree_digests, verify)
 

@@ -16,15 +16,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wormjax import config_checks
+from wormjax.pipeline import config_checks
 from wormjax import models
 from wormjax import selectors as selectors_lib
 from wormjax.data import glue as glue_lib
 from wormjax.data import text as text_lib
 from wormjax.models import hf_import
 from wormjax.models import weight_files
-from wormjax.training import divergence
-from wormjax.training import image_task
+from wormjax.pipeline import divergence
+from wormjax.pipeline import image_task
 
 __all__ = ["TextTask", "subset_indices", "looks_like_path"]
 

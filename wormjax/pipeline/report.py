@@ -4,7 +4,7 @@ The training loop hands this module plain dicts (docs/algorithm.md section 5):
 epoch records, step records and one run summary per variant and seed. They
 become ``metrics.jsonl`` (plus TensorBoard event files), one-line progress
 descriptions, and an atomically written ``summary.json``. The paper's tables
-are in ``wormjax.tables`` and the figures in ``wormjax.plots``. Pure Python and numpy; JAX is imported only to describe the
+are in ``wormjax.pipeline.tables`` and the figures in ``wormjax.pipeline.plots``. Pure Python and numpy; JAX is imported only to describe the
 devices in ``environment_info``.
 """
 

@@ -5,7 +5,7 @@ checkpoint's metadata, next to the train state and the Early-Bird state, so a
 run killed at any point resumes where its last checkpoint left it and ends
 with the same summary as an uninterrupted one. A stop request (SIGINT,
 SIGTERM) ends the current step and checkpoints inside the epoch
-(``wormjax.training.resume``).
+(``wormjax.pipeline.resume``).
 """
 
 from __future__ import annotations
@@ -20,20 +20,20 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from wormjax import checkpoint as ckpt_lib
+from wormjax.pipeline import checkpoint as ckpt_lib
 from wormjax import pruning
-from wormjax import report
+from wormjax.pipeline import report
 from wormjax import search as search_lib
 from wormjax import structured
 from wormjax import truncation as truncation_lib
 from wormjax.models import common as model_common
-from wormjax.training import divergence
-from wormjax.training import interrupt
-from wormjax.training import loop
-from wormjax.training import recalibration
-from wormjax.training import resume as resume_lib
-from wormjax.training import state as state_lib
-from wormjax.training import steps as steps_lib
+from wormjax.pipeline import divergence
+from wormjax.pipeline import interrupt
+from wormjax.pipeline import loop
+from wormjax.pipeline import recalibration
+from wormjax.pipeline import resume as resume_lib
+from wormjax.pipeline import state as state_lib
+from wormjax.pipeline import steps as steps_lib
 
 __all__ = ["Variant", "RunResources", "run_variant", "restore_target"]
 

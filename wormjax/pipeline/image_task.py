@@ -14,13 +14,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wormjax import config_checks
+from wormjax.pipeline import config_checks
 from wormjax import models
 from wormjax import selectors as selectors_lib
 from wormjax.data import images as images_lib
 from wormjax.data import pipeline
 from wormjax.models import torchvision_import
-from wormjax.training import divergence
+from wormjax.pipeline import divergence
 
 __all__ = ["ImageTask", "forward_flops"]
 

@@ -1,6 +1,6 @@
 """The paper's figures from metrics records: mask distance (Fig. 1) and loss (Fig. 2).
 
-Both take the epoch/step records that ``wormjax.report.MetricsWriter`` logs (or
+Both take the epoch/step records that ``wormjax.pipeline.report.MetricsWriter`` logs (or
 ``read_records`` reads back), group them by variant and seed, draw the mean over
 seeds (faint per-seed lines when there are several) and write a PNG with the
 Agg backend, so they run on headless machines. Missing data yields a figure

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 
 from wormjax import truncation as truncation_lib
-from wormjax.training.state import TrainState
+from wormjax.pipeline.state import TrainState
 
 __all__ = ["Forward", "StepFns", "make_steps", "zero_metrics", "read_metrics",
            "CompileCounter", "inactive_truncation"]

@@ -15,8 +15,8 @@ import jax
 from tqdm.auto import tqdm
 
 from wormjax.data import pipeline
-from wormjax.training import divergence
-from wormjax.training import steps as steps_lib
+from wormjax.pipeline import divergence
+from wormjax.pipeline import steps as steps_lib
 
 __all__ = ["NonFiniteLossError", "EpochResult", "train_epoch", "evaluate"]
 

@@ -1,6 +1,6 @@
 """The paper's result tables (I-VI) from run summaries, as Markdown text.
 
-Each function takes the plain-dict run summaries that ``wormjax.training.run``
+Each function takes the plain-dict run summaries that ``wormjax.pipeline.run``
 writes (one per variant and seed) and returns a pipe table that also reads well
 in a terminal: the EB-vs-WORM comparison (Tables II and III), the truncation-ratio
 sweep (Table I) and the GLUE blocks (Tables IV-VI). Several seeds of a variant

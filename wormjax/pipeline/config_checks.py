@@ -20,7 +20,7 @@ from wormjax import search as search_lib
 from wormjax.data import glue as glue_lib
 from wormjax.data import images as images_lib
 from wormjax.data import pipeline
-from wormjax.training import state as state_lib
+from wormjax.pipeline import state as state_lib
 
 __all__ = ["TASKS", "FIELDS", "TEXT_FIELDS", "known_fields", "flatten",
            "unknown_field_message", "check_config"]

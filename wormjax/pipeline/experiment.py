@@ -18,18 +18,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from wormjax import _validate
-from wormjax import checkpoint as ckpt_lib
-from wormjax import config_checks
-from wormjax import plots
-from wormjax import report
+from wormjax.pipeline import checkpoint as ckpt_lib
+from wormjax.pipeline import config_checks
+from wormjax.pipeline import plots
+from wormjax.pipeline import report
 from wormjax import search as search_lib
-from wormjax import tables as tables_lib
-from wormjax import workdir as workdir_lib
-from wormjax.training import distributed
-from wormjax.training import interrupt
-from wormjax.training import run as run_lib
-from wormjax.training import state as state_lib
-from wormjax.training import steps as steps_lib
+from wormjax.pipeline import tables as tables_lib
+from wormjax.pipeline import workdir as workdir_lib
+from wormjax.pipeline import distributed
+from wormjax.pipeline import interrupt
+from wormjax.pipeline import run as run_lib
+from wormjax.pipeline import state as state_lib
+from wormjax.pipeline import steps as steps_lib
 
 __all__ = ["variants_from_config", "validate_config", "run_experiment"]
 
@@ -178,9 +178,9 @@ def _task_class(config):
     """The task class named by ``config.task`` (imported on demand)."""
     kind = _validate.one_of("task", config.get("task", "image"), TASKS)
     if kind == "image":
-        from wormjax.training import image_task  # noqa: PLC0415
+        from wormjax.pipeline import image_task  # noqa: PLC0415
         return image_task.ImageTask
-    from wormjax.training import text_task  # noqa: PLC0415
+    from wormjax.pipeline import text_task  # noqa: PLC0415
     return text_task.TextTask
 
 
