@@ -238,7 +238,7 @@ def test_checks_run_before_any_data_is_loaded_or_anything_compiled(tmp_path, mon
         raise AssertionError("work started before the config was checked")
 
     monkeypatch.setattr(images_lib, "load_image_dataset", forbidden)
-    monkeypatch.setattr(experiment, "_build_resources", forbidden)
+    monkeypatch.setattr(experiment.programs_lib, "build_programs", forbidden)
     monkeypatch.setattr(experiment.distributed, "make_data_parallel", forbidden)
     for field, value in (("optim.momentum", 1.5), ("data.prefetch", 0),
                          ("model.num_classes", 1)):

@@ -12,6 +12,7 @@ from wormjax.pipeline import report
 from wormjax.pipeline import tables
 from wormjax.pipeline import loop
 from wormjax.pipeline import run as run_lib
+from wormjax.pipeline import summary as summary_lib
 
 
 def _lines(text):
@@ -74,12 +75,12 @@ def test_summary_and_config_files_follow_the_umask(tmp_path):
 def test_record_ratio_is_the_multiplier_in_effect_and_f1_only_when_given():
     variant = run_lib.Variant("worm", "worm", 3e-3)
     eb = types.SimpleNamespace(d_max=0.2, d_avg=0.1, dists=[0.2], active=False, ratio=3e-3)
-    off = run_lib._epoch_record(variant, 0, "search", 1, eb=eb,
+    off = summary_lib.epoch_record(variant, 0, "search", 1, eb=eb,
                                 evaluation={"accuracy": 0.5, "loss": 1.0})
     assert off["ratio"] == 1.0 and not off["truncation_active"]
     assert "eval_f1" not in off
     eb.active = True
-    on = run_lib._epoch_record(variant, 0, "search", 2, eb=eb,
+    on = summary_lib.epoch_record(variant, 0, "search", 2, eb=eb,
                                evaluation={"accuracy": 0.5, "loss": 1.0, "f1": 0.4})
     assert on["ratio"] == 3e-3 and on["eval_f1"] == 0.4
 
@@ -87,7 +88,7 @@ def test_record_ratio_is_the_multiplier_in_effect_and_f1_only_when_given():
 def test_num_classes_of_cnn_and_bert_heads():
     cnn = types.SimpleNamespace(model=types.SimpleNamespace(num_classes=10))
     bert = types.SimpleNamespace(model=types.SimpleNamespace(num_labels=2))
-    assert run_lib._num_classes(cnn) == 10 and run_lib._num_classes(bert) == 2
+    assert summary_lib.num_classes(cnn) == 10 and summary_lib.num_classes(bert) == 2
 
 
 def test_progress_bar_off_when_stderr_is_not_a_terminal(monkeypatch):

@@ -22,6 +22,7 @@ from wormjax.models import hf_import
 from wormjax.pipeline import run as run_lib
 from wormjax.pipeline import state as state_lib
 from wormjax.pipeline import text_task
+from wormjax.pipeline import variants as variants_lib
 
 HIDDEN, LAYERS, FF, MAX_POS = 32, 2, 64, 64
 WORDS = ("the cat dog sat ran on mat park a big small red blue house tree car saw man "
@@ -319,7 +320,7 @@ def test_reference_pruning_keeps_its_persistent_mask_while_retraining(text_run, 
     layout = t.selector(variables["params"])
     like = {"state": state_lib.create_train_state(variables, tx, 0),
             "eb": search_lib.init(layout.num_entries,
-                                  run_lib._search_config(config, experiment.variants_from_config(
+                                  variants_lib.search_config(config, experiment.variants_from_config(
                                       config)[0])),
             "param_mask": jax.tree_util.tree_map(jnp.ones_like, variables["params"])}
     ckpt = ckpt_lib.RunCheckpointer(os.path.join(workdir, "eb_seed0", "checkpoints"))

@@ -14,62 +14,27 @@ import os
 import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from wormjax import _validate
 from wormjax.pipeline import checkpoint as ckpt_lib
 from wormjax.pipeline import config_checks
-from wormjax.pipeline import plots
-from wormjax.pipeline import report
-from wormjax import search as search_lib
-from wormjax.pipeline import tables as tables_lib
-from wormjax.pipeline import workdir as workdir_lib
 from wormjax.pipeline import distributed
 from wormjax.pipeline import interrupt
+from wormjax.pipeline import plots
+from wormjax.pipeline import programs as programs_lib
+from wormjax.pipeline import report
 from wormjax.pipeline import run as run_lib
 from wormjax.pipeline import state as state_lib
-from wormjax.pipeline import steps as steps_lib
+from wormjax.pipeline import summary as summary_lib
+from wormjax.pipeline import tables as tables_lib
+from wormjax.pipeline import variants as variants_lib
+from wormjax.pipeline import workdir as workdir_lib
+from wormjax.pipeline.variants import variants_from_config
 
 __all__ = ["variants_from_config", "validate_config", "run_experiment"]
 
-_VARIANT_NAMES = {"none": "eb", "worm": "worm", "always": "always", "greedy": "greedy"}
 
-
-def _csv(text) -> list[str]:
-    if isinstance(text, (list, tuple)):
-        return [str(t).strip() for t in text if str(t).strip()]
-    return [t.strip() for t in str(text or "").split(",") if t.strip()]
-
-
-def variants_from_config(config) -> list[run_lib.Variant]:
-    """The experiment's arms, from ``config.search`` and ``config.experiment``."""
-    exp, srch = config.experiment, config.search
-    ratios = _csv(exp.sweep_ratios)
-    if ratios:
-        out = []
-        for text in ratios:
-            r = _validate.closed_interval("experiment.sweep_ratios entry", float(text),
-                                          0.0, 1.0)
-            out.append(run_lib.Variant(f"always_r{text}", "always", r, srch.placement))
-        return out
-    schedules = _csv(exp.schedules) or [srch.schedule]
-    placements = _csv(exp.placements) or [srch.placement]
-    out = []
-    for schedule in schedules:
-        _validate.one_of("schedule", schedule, search_lib.SCHEDULES)
-        for placement in placements:
-            _validate.one_of("truncation placement", placement, state_lib.PLACEMENTS)
-            if schedule == "none" and placement != placements[0]:
-                continue  # EB Train never truncates: placement is moot
-            name = _VARIANT_NAMES[schedule]
-            if len(placements) > 1 and schedule != "none":
-                name = f"{name}_{placement}"
-            out.append(run_lib.Variant(name, schedule, srch.truncation_ratio, placement))
-    return out
-
-
-def validate_config(config) -> list[run_lib.Variant]:
+def validate_config(config) -> list[variants_lib.Variant]:
     """Checks every field (``config_checks``) before any data is read or compiled."""
     task_cls = _task_class(config)
     task_cls.validate_config(config)
@@ -77,98 +42,8 @@ def validate_config(config) -> list[run_lib.Variant]:
     state_lib.validate_optim_config(config.optim)
     variants = variants_from_config(config)
     for v in variants:  # EarlyBirdConfig validates p, l, s, delta, r
-        run_lib._search_config(config, v)
+        variants_lib.search_config(config, v)
     return variants
-
-
-def _build_resources(config, task, parallel) -> run_lib.RunResources:
-    variables = parallel.replicate(task.init_variables(config.seed))
-    layout = task.selector(variables["params"])
-    total_steps = (config.search.max_epochs + config.retrain.max_epochs) * \
-        task.steps_per_epoch
-    counter = steps_lib.CompileCounter()
-    placements = sorted({v.placement for v in variants_from_config(config)})
-    txs, steps = {}, {}
-    for placement in placements:
-        txs[placement] = state_lib.make_optimizer(
-            config.optim, task.selector, total_steps=total_steps, placement=placement)
-        steps[placement] = steps_lib.make_steps(task.forward, txs[placement], counter)
-    flops = task.forward_flops_per_example(variables)
-    train_flops = task.train_forward_flops_per_example(variables, flops)
-    num_params = int(sum(np.prod(x.shape) for x in
-                         jax.tree_util.tree_leaves(variables["params"])))
-    res = run_lib.RunResources(task=task, config=config, counter=counter, txs=txs,
-                               steps=steps, layout=layout, flops_per_example=flops,
-                               train_flops_per_example=train_flops,
-                               num_params=num_params, parallel=parallel)
-    res.compile_seconds = _warm_up(res, variables)
-    return res
-
-
-def _warm_up(res: run_lib.RunResources, variables) -> float:
-    """Compiles every step once on throwaway copies, outside the timed phases.
-
-    Without this the first variant's search time would include compilation
-    and the paired comparison would be unfair to it.
-    """
-    start = time.perf_counter()
-    task, config = res.task, res.config
-    if hasattr(task, "warmup_batches"):  # one batch per shape (text length buckets)
-        shapes = task.warmup_batches()
-        batches, eval_batches = shapes["train"], shapes["eval"]
-    else:
-        batches = [next(iter(task.train_batches(config.seed, 0)))]
-        eval_batches = [next(iter(task.eval_batches()))]
-    _log_compiling(res, len(batches), len(eval_batches))
-    batches = [res.parallel.put_batch(b) for b in batches]
-    eval_batches = [res.parallel.put_batch(b) for b in eval_batches]
-    # Retraining steps through the parameter mask in mask mode, and in reference
-    # mode when the task keeps the reference mask (BERT).
-    masked = config.pruning.mode == "mask" or task.persistent_reference_mask
-    place = res.parallel.replicate
-    inactive = place(steps_lib.inactive_truncation(res.layout.num_entries))
-    for placement, fns in res.steps.items():
-        # A copy: the steps donate their state, which would delete `variables`.
-        copy = jax.tree_util.tree_map(jnp.copy, variables)
-        state = res.parallel.replicate(
-            state_lib.create_train_state(copy, res.txs[placement], config.seed))
-        ones = place(jax.tree_util.tree_map(
-            lambda p: jnp.ones(p.shape, jnp.float32), state.params))
-        acc = place(steps_lib.zero_metrics())
-        for batch in batches:
-            state, acc = fns.train(state, batch, inactive, acc)
-            if masked:
-                state, acc = fns.train_masked(state, batch, inactive, acc, ones)
-        acc = place(steps_lib.zero_metrics())
-        for eval_batch in eval_batches:
-            acc = fns.eval(state.params, state.batch_stats, eval_batch, acc)
-        jax.block_until_ready(acc)
-    for variant in variants_from_config(config):
-        search_config = run_lib._search_config(config, variant)
-        update = res.eb_update_fn(search_config)
-        eb = res.parallel.replicate(search_lib.init(res.layout.num_entries,
-                                                    search_config))
-        jax.block_until_ready(update(eb, variables["params"]))
-    if config.pruning.mode != "structured":  # structured compiles per ticket
-        eb = update(eb, variables["params"])
-        jax.block_until_ready(res.prune_fn(variables["params"], eb.newest_mask))
-    seconds = time.perf_counter() - start
-    logging.info("compiled in %.1f s: %s", seconds, dict(res.counter.counts))
-    return seconds
-
-
-def _log_compiling(res: run_lib.RunResources, train_shapes: int, eval_shapes: int) -> None:
-    """Says what the silent warm-up is doing, since it can take minutes."""
-    config = res.config
-    masked = config.pruning.mode == "mask" or res.task.persistent_reference_mask
-    count = len(res.steps) * (train_shapes * (2 if masked else 1) + eval_shapes)
-    count += len({run_lib._search_config(config, v) for v in variants_from_config(config)})
-    count += config.pruning.mode != "structured"  # the prune step
-    cache = jax.config.jax_compilation_cache_dir
-    logging.info(
-        "compiling %d step programs: on a first run this can take a minute or two; %s",
-        count, f"later runs load the slow ones from the persistent cache at {cache}"
-        if cache else "the persistent compilation cache is off, so every run compiles")
 
 
 TASKS = config_checks.TASKS
@@ -189,6 +64,7 @@ def _make_task(config):
 
 
 def _log_record(writer: report.MetricsWriter, record: dict) -> None:
+    """Writes a record to ``metrics.jsonl``; an epoch's also goes to the log."""
     writer.write(record)
     if record["kind"] == "epoch":
         logging.info("%s seed %d: %s", record["variant"], record["seed"],
@@ -238,7 +114,9 @@ def _run_locked(config, workdir: str, variants, print_fn) -> dict:
                 os.path.join(workdir, f"{variant.name}_seed{seed}", "checkpoints"))
     started = time.perf_counter()
     task = _make_task(config)
-    res = _build_resources(config, task, parallel)
+    variables = parallel.replicate(task.init_variables(config.seed))
+    programs = programs_lib.build_programs(config, task, variants, variables)
+    compile_seconds = programs_lib.warm_up(programs, config, task, parallel, variables)
     # Only now is this the workdir's run: a start that failed before poisons nothing.
     ckpt_lib.record_workdir_config(workdir, config_dict)
     summaries = []
@@ -248,15 +126,16 @@ def _run_locked(config, workdir: str, variants, print_fn) -> dict:
             run_dir = os.path.join(workdir, f"{variant.name}_seed{seed}")
             # Opened before the run so its set-up cost stays out of the timings.
             with report.MetricsWriter(workdir, variant.name, seed) as writer:
-                res.log = functools.partial(_log_record, writer)
-                res.rewind_log = writer.rewind
-                run_summary = run_lib.run_variant(res, variant, seed, run_dir)
+                log = run_lib.RunLog(functools.partial(_log_record, writer),
+                                     writer.rewind)
+                run_summary = run_lib.run_variant(task, config, programs, parallel,
+                                                  variant, seed, run_dir, log)
             report.write_summary(os.path.join(run_dir, "summary.json"), run_summary)
             summaries.append(run_summary)
 
     tables = {"comparison": tables_lib.comparison_table(
         summaries, max_retrain_epochs=config.retrain.max_epochs,
-        num_classes=run_lib._num_classes(task))}
+        num_classes=summary_lib.num_classes(task))}
     if task.kind == "text":  # the paper's Tables IV-VI
         tables["glue"] = tables_lib.glue_table(summaries)
     if any(s["schedule"] == "always" for s in summaries):
@@ -270,8 +149,8 @@ def _run_locked(config, workdir: str, variants, print_fn) -> dict:
     payload = {
         "config": config_dict,
         "environment": report.environment_info(),
-        "compile_counts": dict(res.counter.counts),
-        "compile_seconds": res.compile_seconds,
+        "compile_counts": programs.compile_counts(),
+        "compile_seconds": compile_seconds,
         "devices": {"data_parallel": parallel.num_devices,
                     "processes": jax.process_count()},
         "steps_per_epoch": task.steps_per_epoch,
@@ -284,5 +163,5 @@ def _run_locked(config, workdir: str, variants, print_fn) -> dict:
     report.write_summary(os.path.join(workdir, "summary.json"), payload)
     for name, table in tables.items():
         print_fn(table)
-    print_fn(f"compilations: {dict(res.counter.counts)}; outputs in {workdir}")
+    print_fn(f"compilations: {programs.compile_counts()}; outputs in {workdir}")
     return payload

@@ -141,6 +141,11 @@ class ImageTask:
     def eval_batches(self):
         return pipeline.eval_batches(self.eval_ds, self.eval_batch_size)
 
+    def warmup_batches(self) -> dict[str, list[dict]]:
+        """One batch of each shape the steps see: the first train and eval batches."""
+        return {"train": [next(iter(self.train_batches(self.config.seed, 0)))],
+                "eval": [next(iter(self.eval_batches()))]}
+
     def forward_flops_per_example(self, variables, model=None) -> float:
         batch = np.zeros((8,) + self.input_shape[1:], np.uint8)
         return forward_flops(

@@ -1,0 +1,201 @@
+"""The three phases of a run (search, prune, retrain) as functions over values.
+
+Each takes the run's context (``run.Run``: what does not change), the
+``Progress`` record and the arrays, and returns new ones; every epoch ends in a
+checkpoint, so a run resumes from any of them.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+from wormjax import truncation as truncation_lib
+from wormjax.pipeline import compact_switch
+from wormjax.pipeline import divergence
+from wormjax.pipeline import interrupt
+from wormjax.pipeline import loop
+from wormjax.pipeline import recalibration
+from wormjax.pipeline import resume
+from wormjax.pipeline import state as state_lib
+from wormjax.pipeline import steps as steps_lib
+from wormjax.pipeline import summary as summary_lib
+from wormjax.pipeline.progress import Progress
+
+__all__ = ["train_one_epoch", "evaluate", "search", "prune", "retrain"]
+
+
+def train_one_epoch(run, progress: Progress, state, step_fn, phase: str, epoch: int,
+                    t0: float, tree: dict, eb=None, acc=None):
+    """One epoch (or its rest, resumed); on a stop request, checkpoints and raises.
+
+    Args:
+      tree: the rest of the checkpoint tree (eb, param_mask) if it stops.
+      acc: the metric accumulator of a checkpoint written inside this epoch.
+
+    Returns:
+      ``(progress, state, train_metrics)``.
+    """
+    task = run.task
+
+    def on_log(step, running):
+        run.log.write({"kind": "step", "variant": run.variant.name, "seed": run.seed,
+                       "phase": phase, "step": int(epoch * task.steps_per_epoch + step),
+                       "epoch": epoch, "loss": running["loss"],
+                       "accuracy": running["accuracy"]})
+
+    start = progress.step_in_epoch
+    out = loop.train_epoch(
+        step_fn, state, task.train_batches(run.seed, progress.data_epoch, start),
+        num_steps=task.steps_per_epoch, log_every=run.config.log_every_steps,
+        on_log=on_log, description=summary_lib.bar_label(run.variant, run.seed, phase,
+                                                         epoch, eb),
+        progress=run.config.progress_bar, prefetch=run.config.data.prefetch,
+        put_fn=run.parallel.put_batch, replicate=run.parallel.replicate,
+        start_step=start, acc=acc, should_stop=interrupt.stop_requested)
+    # Before any checkpoint of this epoch (an interrupted one too), so no
+    # checkpoint holds NaN or inf.
+    divergence.check_finite(
+        {"params": out.state.params, "batch_stats": out.state.batch_stats},
+        f"{phase} epoch {epoch}")
+    if out.steps < task.steps_per_epoch:
+        resume.stop_inside_epoch(run, progress, out, t0, tree, f"{phase} epoch {epoch}")
+    progress = progress.replace(
+        step_in_epoch=0, partial_seconds=0.0, data_epoch=progress.data_epoch + 1,
+        examples_trained=progress.examples_trained
+        + task.steps_per_epoch * task.batch_size)
+    return progress, out.state, out.metrics
+
+
+def evaluate(run, model, state) -> dict:
+    """Accuracy, loss (and for two classes F1) on the evaluation split."""
+    out = loop.evaluate(model.steps.eval, state.params, state.batch_stats,
+                        run.task.eval_batches(), prefetch=run.config.data.prefetch,
+                        put_fn=run.parallel.put_batch, replicate=run.parallel.replicate)
+    if summary_lib.num_classes(run.task) != 2:  # class 1 vs the rest means nothing here
+        out.pop("f1", None)
+    return out
+
+
+def _train_step(model, state, batch, acc, *, truncation, param_mask=None):
+    if param_mask is None:
+        return model.steps.train(state, batch, truncation, acc)
+    return model.steps.train_masked(state, batch, truncation, acc, param_mask)
+
+
+def search(run, progress: Progress, model, state, eb, acc=None):
+    """Trains with the Early-Bird search until the ticket converges or time is up.
+
+    Returns:
+      ``(progress, state, eb)``; ``progress.ticket`` says where the search ended.
+    """
+    max_epochs = run.config.search.max_epochs
+    while progress.epoch < max_epochs:
+        epoch, t0 = progress.epoch, resume.epoch_start(progress)
+        if not progress.step_in_epoch:  # else resumed inside: eb is updated
+            eb = run.programs.eb_update(run.search_config, eb, state.params)
+            divergence.check_search_state(eb, epoch)
+        if bool(eb.converged):
+            progress = progress.add_time("search", time.perf_counter() - t0)
+            progress = _record(run, progress, summary_lib.epoch_record(
+                run.variant, run.seed, "search", epoch, eb=eb))
+            return progress.replace(ticket={"epoch": epoch, "converged": True}), state, eb
+        truncation = run.parallel.replicate(truncation_lib.truncation_from_eb_state(eb))
+        step_fn = functools.partial(_train_step, model, truncation=truncation)
+        progress, state, train_metrics = train_one_epoch(
+            run, progress, state, step_fn, "search", epoch, t0, {"eb": eb}, eb, acc)
+        acc = None
+        evaluation = evaluate(run, model, state)
+        seconds = time.perf_counter() - t0
+        progress = _record(run, progress.add_time("search", seconds),
+                           summary_lib.epoch_record(
+                               run.variant, run.seed, "search", epoch, eb=eb,
+                               train=train_metrics, evaluation=evaluation,
+                               seconds=seconds, steps=run.task.steps_per_epoch))
+        progress = progress.replace(epoch=epoch + 1)
+        resume.save(run, progress, resume.checkpoint_tree(state, eb))
+    return progress.replace(ticket={"epoch": max_epochs, "converged": False}), state, eb
+
+
+def _record(run, progress: Progress, rec: dict) -> Progress:
+    run.log.write(rec)
+    return progress.add_record(rec)
+
+
+def prune(run, progress: Progress, model, state, eb):
+    """Prunes the ticket's mask out of the searched state and evaluates the result.
+
+    Not checkpointed: the first retraining epoch's checkpoint holds it, and a
+    kill before that redoes the prune (deterministic) from the search's.
+
+    Returns:
+      ``(progress, model, state, param_mask)``: the model retraining trains
+      (the compact one in structured mode) and its fresh state.
+    """
+    t0 = time.perf_counter()
+    search_evals = [r["eval_accuracy"] for r in progress.phase_records("search")
+                    if r["eval_accuracy"] is not None]
+    pre = search_evals[-1] if search_evals else evaluate(run, model, state)["accuracy"]
+    cfg = run.config.pruning
+    if cfg.mode == "structured":
+        variables, info = compact_switch.build_compact(
+            run.task, state, run.programs.layout, eb.newest_mask, cfg)
+        model = compact_switch.compact(run.task, run.tx, run.programs.counter,
+                                       info["channels"])
+        progress = progress.replace(structured=info)
+        param_mask, nonzero = None, info["params_compact"]
+    else:
+        pruned, nonzero = run.programs.prune(state.params, eb.newest_mask)
+        variables = {"params": pruned.params, "batch_stats": state.batch_stats}
+        param_mask = pruned.param_mask
+    new_state = run.parallel.replicate(
+        state_lib.create_train_state(variables, run.tx, run.seed))
+    post, stale = evaluate(run, model, new_state)["accuracy"], None
+    if cfg.get("recalibrate_bn_batches", 0):
+        stale = post
+        new_state = recalibration.recalibrated(
+            new_state, model.recalibrate,
+            run.task.train_batches(run.seed, progress.data_epoch),
+            cfg.recalibrate_bn_batches, run.parallel.put_batch)
+        post = evaluate(run, model, new_state)["accuracy"]
+    progress = progress.replace(
+        pre_prune_accuracy=pre, post_prune_accuracy=post,
+        post_prune_accuracy_before_recalibration=stale, phase="retrain", epoch=0,
+        has_param_mask=param_mask is not None, pruned_nonzero=int(nonzero),
+        target_accuracy=summary_lib.restore_target(run.config.retrain, pre))
+    progress = progress.add_time("prune", time.perf_counter() - t0)
+    return progress, model, new_state, param_mask
+
+
+def retrain(run, progress: Progress, model, state, eb, param_mask, acc=None):
+    """Retrains the pruned model until it restores the target or time is up.
+
+    Returns:
+      ``(progress, state)``; ``progress.restore_epochs`` is None if never restored.
+    """
+    inactive = run.parallel.replicate(steps_lib.inactive_truncation(model.retrain_entries))
+    step_fn = functools.partial(_train_step, model, truncation=inactive,
+                                param_mask=param_mask)
+    tree = resume.checkpoint_tree(None, eb, param_mask)
+    del tree["state"]
+    while (progress.epoch < run.config.retrain.max_epochs
+           and progress.restore_epochs is None):
+        epoch, t0 = progress.epoch, resume.epoch_start(progress)
+        progress, state, train_metrics = train_one_epoch(
+            run, progress, state, step_fn, "retrain", epoch, t0, tree, acc=acc)
+        acc = None
+        evaluation = evaluate(run, model, state)
+        seconds = time.perf_counter() - t0
+        progress = _record(run, progress.add_time("retrain", seconds),
+                           summary_lib.epoch_record(
+                               run.variant, run.seed, "retrain", epoch,
+                               train=train_metrics, evaluation=evaluation,
+                               seconds=seconds, truncation=inactive,
+                               steps=run.task.steps_per_epoch))
+        progress = progress.replace(
+            epoch=epoch + 1, examples_retrain=progress.examples_retrain
+            + run.task.steps_per_epoch * run.task.batch_size)
+        if evaluation["accuracy"] >= progress.target_accuracy:
+            progress = progress.replace(restore_epochs=epoch + 1)
+        resume.save(run, progress, {**tree, "state": state})
+    return progress, state

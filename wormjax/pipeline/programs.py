@@ -1,0 +1,169 @@
+"""Every compiled program of an experiment, built once in one place and frozen.
+
+Train, masked train and eval per truncation placement; the Early-Bird update
+per search config (the public ``early_bird(config).update``); the prune step.
+``warm_up`` compiles them all before the timed phases, so that the first
+variant's search time holds no compilation. Structured pruning's compact model
+is known only once a ticket is drawn: its steps are built by ``compact``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from wormjax import pruning
+from wormjax import search as search_lib
+from wormjax.pipeline import recalibration
+from wormjax.pipeline import state as state_lib
+from wormjax.pipeline import steps as steps_lib
+from wormjax.pipeline import variants as variants_lib
+
+__all__ = ["Costs", "Programs", "build_programs", "warm_up"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Costs:
+    """The dense model's costs, for the FLOP accounting of every run."""
+
+    flops_per_example: float  # dense forward, at the longest input (text: bucket)
+    # Dense forward FLOPs per trained example, averaged over an epoch's batch
+    # shapes (text: length buckets); None means flops_per_example.
+    train_flops_per_example: float | None
+    num_params: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Programs:
+    """The compiled programs and what they are built from (read-only)."""
+
+    counter: steps_lib.CompileCounter
+    layout: Any  # the ticket layout (representative leaves) of the dense model
+    txs: Mapping[str, Any]  # placement -> optimizer
+    steps: Mapping[str, steps_lib.StepFns]  # placement -> dense model's steps
+    searches: Mapping[search_lib.EarlyBirdConfig, search_lib.EarlyBirdSearch]
+    prune: Callable  # (params, keep_flat) -> (pruning.Pruned, nonzero count)
+    recalibrate: Callable  # fresh BatchNorm statistics of the dense model
+    costs: Costs
+
+    def eb_update(self, search_config, eb, params):
+        """The epoch-end Early-Bird update of ``search_config`` on ``params``."""
+        return self.searches[search_config].update(eb, self.layout.representative(params))
+
+    def compile_counts(self) -> dict[str, int]:
+        """Compilations so far, by program name."""
+        counts = dict(self.counter.counts)
+        counts["eb_update"] = sum(s.update._cache_size() for s in self.searches.values())
+        return counts
+
+
+def _prune_program(config, task, layout, counter) -> Callable:
+    def prune(params, keep_flat):
+        counter.hit("prune")
+        out = pruning.prune(
+            config.pruning.mode, params, layout=layout, keep_flat=keep_flat,
+            prune_ratio=config.search.prune_ratio,
+            persistent_reference_mask=task.persistent_reference_mask)
+        nonzero = sum(jnp.count_nonzero(x) for x in jax.tree_util.tree_leaves(out.params))
+        return out, nonzero
+    return jax.jit(prune)
+
+
+def build_programs(config, task, variants, variables) -> Programs:
+    """Builds (does not yet compile) every program of an experiment.
+
+    Args:
+      variants: the experiment's arms (``variants.variants_from_config``).
+      variables: the dense model's initial variables (shapes and costs).
+    """
+    layout = task.selector(variables["params"])
+    total_steps = ((config.search.max_epochs + config.retrain.max_epochs)
+                   * task.steps_per_epoch)
+    counter = steps_lib.CompileCounter()
+    txs, steps = {}, {}
+    for placement in sorted({v.placement for v in variants}):
+        txs[placement] = state_lib.make_optimizer(
+            config.optim, task.selector, total_steps=total_steps, placement=placement)
+        steps[placement] = steps_lib.make_steps(task.forward, txs[placement], counter)
+    searches = {}
+    for variant in variants:
+        search_config = variants_lib.search_config(config, variant)
+        searches.setdefault(search_config, search_lib.early_bird(search_config))
+    flops = task.forward_flops_per_example(variables)
+    costs = Costs(flops_per_example=flops,
+                  train_flops_per_example=task.train_forward_flops_per_example(
+                      variables, flops),
+                  num_params=int(sum(np.prod(x.shape) for x in
+                                     jax.tree_util.tree_leaves(variables["params"]))))
+    return Programs(counter=counter, layout=layout, txs=txs, steps=steps,
+                    searches=searches, prune=_prune_program(config, task, layout, counter),
+                    recalibrate=recalibration.stats_fn(task.forward, counter), costs=costs)
+
+
+def _masked_retraining(config, task) -> bool:
+    # Retraining steps through the parameter mask in mask mode, and in reference
+    # mode when the task keeps the reference mask (BERT).
+    return config.pruning.mode == "mask" or task.persistent_reference_mask
+
+
+def warm_up(programs: Programs, config, task, parallel, variables) -> float:
+    """Compiles every program once on throwaway copies, outside the timed phases.
+
+    Each train and eval step runs once per batch shape of the task
+    (``task.warmup_batches``: text has one per length bucket).
+
+    Returns:
+      The seconds it took.
+    """
+    start = time.perf_counter()
+    shapes = task.warmup_batches()
+    masked = _masked_retraining(config, task)
+    _log_compiling(programs, config, masked, len(shapes["train"]), len(shapes["eval"]))
+    batches = [parallel.put_batch(b) for b in shapes["train"]]
+    eval_batches = [parallel.put_batch(b) for b in shapes["eval"]]
+    place = parallel.replicate
+    inactive = place(steps_lib.inactive_truncation(programs.layout.num_entries))
+    for placement, fns in programs.steps.items():
+        # A copy: the steps donate their state, which would delete `variables`.
+        copy = jax.tree_util.tree_map(jnp.copy, variables)
+        state = place(state_lib.create_train_state(copy, programs.txs[placement],
+                                                   config.seed))
+        ones = place(jax.tree_util.tree_map(
+            lambda p: jnp.ones(p.shape, jnp.float32), state.params))
+        acc = place(steps_lib.zero_metrics())
+        for batch in batches:
+            state, acc = fns.train(state, batch, inactive, acc)
+            if masked:
+                state, acc = fns.train_masked(state, batch, inactive, acc, ones)
+        acc = place(steps_lib.zero_metrics())
+        for eval_batch in eval_batches:
+            acc = fns.eval(state.params, state.batch_stats, eval_batch, acc)
+        jax.block_until_ready(acc)
+    for search_config, search in programs.searches.items():
+        eb = place(search.init(programs.layout.num_entries))
+        eb = programs.eb_update(search_config, eb, variables["params"])
+        jax.block_until_ready(eb)
+    if config.pruning.mode != "structured":  # structured compiles per ticket
+        jax.block_until_ready(programs.prune(variables["params"], eb.newest_mask))
+    seconds = time.perf_counter() - start
+    logging.info("compiled in %.1f s: %s", seconds, programs.compile_counts())
+    return seconds
+
+
+def _log_compiling(programs: Programs, config, masked: bool, train_shapes: int,
+                   eval_shapes: int) -> None:
+    """Says what the silent warm-up is doing, since it can take minutes."""
+    count = len(programs.steps) * (train_shapes * (2 if masked else 1) + eval_shapes)
+    count += len(programs.searches)
+    count += config.pruning.mode != "structured"  # the prune step
+    cache = jax.config.jax_compilation_cache_dir
+    logging.info(
+        "compiling %d step programs: on a first run this can take a minute or two; %s",
+        count, f"later runs load the slow ones from the persistent cache at {cache}"
+        if cache else "the persistent compilation cache is off, so every run compiles")
