@@ -34,6 +34,7 @@ __all__ = [
     "ParamSelector",
     "BatchNormSelector",
     "path_selector",
+    "batchnorm_modules",
     "batchnorm_selector",
     "attention_selector",
     "path_str",
