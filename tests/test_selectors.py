@@ -218,3 +218,30 @@ def test_builtin_cnns_select_the_same_leaves_by_structure_and_by_name():
             warnings.simplefilter("error")  # no module left out by name
             by_name = selector(variables["params"])
         assert selector(variables) == by_name, name
+
+
+def test_bound_selector_truncates_every_batchnorm_of_the_resnet():
+    variables = _resnet_variables()
+    with pytest.warns(UserWarning, match="all-equal"):
+        selector = wormjax.batchnorm_selector().bind(variables)
+    layout = selector(variables)
+    tx = wormjax.worm_truncation(selector)
+    params = variables["params"]
+    grads = jax.tree.map(jnp.ones_like, params)
+    keep = jnp.zeros(layout.num_entries, bool)  # every channel pruned
+    trunc = wormjax.WormTruncationState(keep, jnp.float32(0.5), jnp.bool_(True))
+    updates, _ = jax.jit(lambda g, s: tx.update(g, s, truncation=trunc))(
+        grads, tx.init(params))
+    for path, leaf in wormjax.selectors.leaves_with_paths(updates):
+        name = path.rpartition("/")[2]
+        expected = 0.5 if path.rpartition("/")[0] in RESNET_BN else 1.0
+        if name not in ("scale", "bias"):
+            expected = 1.0
+        np.testing.assert_array_equal(leaf, expected, err_msg=path)
+
+
+def test_a_root_batchnorm_module_is_found():
+    variables = nn.BatchNorm(use_running_average=True).init(
+        jax.random.key(0), jnp.ones((1, 3)))
+    layout = wormjax.batchnorm_selector().bind(variables)(variables["params"])
+    assert layout.paths == ("scale",) and layout.entries[0].companions == ("bias",)

@@ -45,6 +45,13 @@ QUERY_KEY_PATTERN = r"(^|/)(query|key)/kernel$"
 QUERY_KEY_VALUE_PATTERN = r"(^|/)(query|key|value)/kernel$"
 
 
+def _check_pattern(pattern: str) -> None:
+    try:
+        re.compile(pattern)
+    except re.error as err:
+        raise ValueError(f"invalid selector pattern {pattern!r}: {err}") from None
+
+
 def _listing(paths) -> str:
     return "\n  ".join(paths) or "(none)"
 
@@ -96,10 +103,7 @@ def path_selector(
     Returns:
       A callable ``params -> TicketLayout``.
     """
-    try:
-        re.compile(pattern)
-    except re.error as err:
-        raise ValueError(f"invalid selector pattern {pattern!r}: {err}") from None
+    _check_pattern(pattern)
     return ParamSelector(pattern, companion_fn, description)
 
 
@@ -109,6 +113,10 @@ def _bn_bias(path: str) -> tuple[str, ...]:
 
 def _module(path: str) -> str:
     return path.rpartition("/")[0]
+
+
+def _child(module: str, name: str) -> str:
+    return f"{module}/{name}" if module else name  # "" is the root module
 
 
 def batchnorm_modules(variables) -> tuple[str, ...]:
@@ -140,7 +148,7 @@ def _structural_modules(flat: list[variables_lib.FlatVariable]) -> tuple[str, ..
     modules = tuple(
         _module(v.path) for v in flat
         if v.kind == variables_lib.PARAM and v.path.rpartition("/")[2] == "scale"
-        and {f"{_module(v.path)}/mean", f"{_module(v.path)}/var"} <= stats)
+        and {_child(_module(v.path), "mean"), _child(_module(v.path), "var")} <= stats)
     if not modules:
         raise ValueError(
             "no BatchNorm layers: no module holds a 'scale' parameter next to "
@@ -219,7 +227,7 @@ class BatchNormSelector(ParamSelector):
             modules = self.modules
         else:
             modules = self._by_name(leaves)
-        scales = {f"{m}/scale" for m in modules}
+        scales = {_child(m, "scale") for m in modules}
         missing = sorted(scales - {p for p, _ in leaves})
         if missing:
             raise ValueError(
@@ -233,7 +241,7 @@ class BatchNormSelector(ParamSelector):
         """Modules whose scale path matches ``pattern``: the bare-params fallback."""
         regex = re.compile(self.pattern)
         modules = [_module(p) for p, _ in leaves
-                   if p.endswith("scale") and regex.search(p)]
+                   if p.rpartition("/")[2] == "scale" and regex.search(p)]
         left_out = sorted(_norm_like(leaves) - set(modules))
         hint = ("use batchnorm_selector().bind(variables) with the linen variables "
                 "dict (with 'batch_stats'), nnx.state(model) or the nnx module")
@@ -290,10 +298,7 @@ def batchnorm_selector(
       A :class:`BatchNormSelector` (unbound). It warns once, naming them, about
       selected layers whose entries are all equal (zero- or constant-init).
     """
-    try:
-        re.compile(pattern)
-    except re.error as err:
-        raise ValueError(f"invalid selector pattern {pattern!r}: {err}") from None
+    _check_pattern(pattern)
     return BatchNormSelector(pattern, _bn_bias if include_bias else None,
                              "BatchNorm scales")
 
