@@ -245,3 +245,12 @@ def test_a_root_batchnorm_module_is_found():
         jax.random.key(0), jnp.ones((1, 3)))
     layout = wormjax.batchnorm_selector().bind(variables)(variables["params"])
     assert layout.paths == ("scale",) and layout.entries[0].companions == ("bias",)
+
+
+def test_one_channel_layers_are_not_ties():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        wormjax.batchnorm_selector(include_bias=False)(
+            {"bn": {"scale": jnp.array([0.3])}, "bn2": {"scale": jnp.array([1.0, 2.0])}})
+        wormjax.batchnorm_selector(include_bias=False)(  # fresh, one floored layer
+            {"bn": {"scale": jnp.array([1.0])}, "bn2": {"scale": jnp.ones(3)}})

@@ -174,8 +174,9 @@ def _concrete(leaf) -> bool:
 def _warn_constant_layers(layout: TicketLayout, params) -> None:
     """Warns, naming them, about representative layers whose entries are all equal.
 
-    Skipped on tracers and shape structs, and when every entry of every layer
-    has one value (a fresh network with all scales 1: training breaks the ties).
+    Skipped on tracers and shape structs, for one-entry layers, and when every
+    entry of every layer has one value (a fresh network with all scales 1:
+    training breaks the ties).
     Issued from this line, so Python's default filter shows each distinct
     message once however many times a layout is built (bind, init, pipeline).
     """
@@ -183,10 +184,10 @@ def _warn_constant_layers(layout: TicketLayout, params) -> None:
     if not all(_concrete(leaf) for leaf in leaves):
         return
     values = [np.unique(np.abs(np.asarray(leaf, np.float32))) for leaf in leaves]
+    # A one-entry layer (a compact model's floored layer) ties with nothing.
     constant = {e.path: float(v[0]) for e, v in zip(layout.entries, values)
-                if v.size == 1}
-    if not constant or (len(constant) == len(leaves)
-                        and len(set(constant.values())) == 1):
+                if v.size == 1 and e.size > 1}
+    if not constant or np.unique(np.concatenate(values)).size == 1:
         return
     named = ", ".join(f"{_module(p)} (all {c:g})" for p, c in sorted(
         constant.items(), key=lambda pc: (pc[1], variables_lib.natural_key(pc[0]))))
