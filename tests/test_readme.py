@@ -4,6 +4,7 @@ import os
 import re
 
 import jax.numpy as jnp
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -30,3 +31,32 @@ def test_setup_commands_name_existing_files():
         assert os.path.exists(os.path.join(REPO, config)), config
     with open(os.path.join(REPO, ".ci", "run")) as f:
         assert "python -m pytest -q" in f.read()
+
+
+def _own_model_blocks():
+    blocks = re.findall(r"```python\n(# (examples/own_model_\w+\.py).*?)```",
+                        _readme(), re.S)
+    return {path: code for code, path in blocks}
+
+
+def test_own_model_examples_are_the_example_files():
+    blocks = _own_model_blocks()
+    assert sorted(blocks) == ["examples/own_model_linen.py",
+                              "examples/own_model_nnx.py"]
+    for path, code in blocks.items():
+        with open(os.path.join(REPO, path)) as f:
+            assert f.read() == code, f"README and {path} differ"
+
+
+@pytest.mark.parametrize("path", ["examples/own_model_linen.py",
+                                  "examples/own_model_nnx.py"])
+def test_own_model_example_finds_a_ticket(path, capsys):
+    namespace = {"__name__": "__main__"}
+    exec(compile(_own_model_blocks()[path], path, "exec"), namespace)  # noqa: S102
+    assert bool(namespace["eb_state"].converged)
+    ticket = namespace["ticket"]
+    # Every BatchNorm, including the norm_proj shortcut, is in the ticket.
+    assert "block/norm_proj/scale" in ticket and len(ticket) == 4
+    kept = sum(int(m.sum()) for m in ticket.values())
+    assert 0 < kept < sum(m.size for m in ticket.values())
+    assert "ticket found: True" in capsys.readouterr().out

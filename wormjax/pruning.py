@@ -24,7 +24,7 @@ from wormjax import masks
 from wormjax import selectors as selectors_lib
 
 __all__ = ["PRUNING_MODES", "Pruned", "ticket_param_mask", "per_tensor_mask",
-           "reference_targets", "prune"]
+           "reference_targets", "apply_param_mask", "prune"]
 
 PRUNING_MODES = ("mask", "reference", "structured")
 
@@ -37,7 +37,20 @@ class Pruned(NamedTuple):
 
 
 def ticket_param_mask(layout: selectors_lib.TicketLayout, params, keep_flat):
-    """0/1 float pytree: 0 on pruned representative entries and companions."""
+    """The persistent parameter mask of a ticket: 0 where the ticket prunes, else 1.
+
+    Args:
+      layout: the ticket's layout (``selector(params)``).
+      params: the parameters, any tree the layout reads (a linen params dict,
+        a pure ``nnx.State``); the mask has its structure.
+      keep_flat: the ticket's flat bool keep mask (``eb_state.newest_mask``).
+
+    Returns:
+      A float32 pytree shaped like ``params``: 0 on the pruned representative
+      entries and their companions (BatchNorm scale and bias of pruned
+      channels), 1 everywhere else. Multiply it in after every retraining step
+      (:func:`apply_param_mask`) to keep the pruned entries at zero.
+    """
     return layout.map_masked(
         params, keep_flat, lambda leaf, keep: keep.astype(jnp.float32),
         untouched=lambda leaf: jnp.ones(jnp.shape(leaf), jnp.float32))
@@ -83,7 +96,17 @@ def _per_tensor(params, targets: set[str], prune_ratio: float):
     return jax.tree_util.tree_map_with_path(visit, params)
 
 
-def _apply(params, param_mask):
+def apply_param_mask(params, param_mask):
+    """``params * param_mask`` leaf by leaf, in each parameter's own dtype.
+
+    Args:
+      params: a parameter pytree.
+      param_mask: a 0/1 pytree of the same structure (:func:`ticket_param_mask`,
+        ``Pruned.param_mask``).
+
+    Returns:
+      The masked parameters; call it after each optimizer step of retraining.
+    """
     return jax.tree_util.tree_map(lambda p, m: p * m.astype(p.dtype), params,
                                   param_mask)
 
@@ -111,8 +134,8 @@ def prune(mode: str, params, *, layout: selectors_lib.TicketLayout | None = None
         if layout is None or keep_flat is None:
             raise ValueError("mask pruning needs the ticket layout and keep mask")
         param_mask = ticket_param_mask(layout, params, keep_flat)
-        return Pruned(_apply(params, param_mask), param_mask)
+        return Pruned(apply_param_mask(params, param_mask), param_mask)
     _validate.open_interval("prune_ratio", prune_ratio, 0.0, 1.0)
     param_mask = _per_tensor(params, reference_targets(params), prune_ratio)
-    return Pruned(_apply(params, param_mask),
+    return Pruned(apply_param_mask(params, param_mask),
                   param_mask if persistent_reference_mask else None)

@@ -264,6 +264,20 @@ def early_bird(config: EarlyBirdConfig | None = None, **kwargs) -> EarlyBirdSear
 
     ``update`` is compiled once per representative shape; the mask, distances,
     trigger and r are traced values, so changing them never retraces it.
+
+    Ties: the mask keeps ``|x| > sort(|x|)[floor(N * p)]`` (``wormjax.masks``),
+    so entries equal to the threshold are pruned. A layer whose entries are all
+    equal (zero- or constant-initialised BatchNorm scales) is therefore kept or
+    pruned as a whole until training separates its entries:
+
+    - a fresh network whose scales are all 1 gives an all-pruned first mask; it
+      only fills the window, and later masks differ from it;
+    - a layer initialised below the others (a residual block's zero-init last
+      BatchNorm) sits at the bottom of the global ranking and can lose every
+      channel, which silences that branch; in ``structured`` pruning the
+      channel floor keeps at least one.
+
+    ``batchnorm_selector`` warns, naming them, when it selects such layers.
     """
     if config is None:
         config = EarlyBirdConfig(**kwargs)

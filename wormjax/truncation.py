@@ -123,7 +123,12 @@ def worm_truncation(
 
     Args:
       selector: picks the representative leaves (and their companions) by path;
-        defaults to :func:`wormjax.batchnorm_selector` (scales and biases).
+        defaults to :func:`wormjax.batchnorm_selector` (scales and biases,
+        found by name on bare params). For your own model pass
+        ``batchnorm_selector().bind(variables)``: bound, it finds every
+        BatchNorm by structure and reads the gradient trees of linen and of
+        ``nnx.Optimizer`` alike (``optimizer.update(model, grads,
+        eb_state=...)`` forwards the keyword).
 
     Returns:
       An optax ``GradientTransformationExtraArgs``. Its ``update`` accepts
