@@ -91,7 +91,7 @@ def trace(fn, variables, *inputs) -> Graph:
     def add_consts(values):
         keys = []
         for value in values:
-            keys.append(new(jax.core.get_aval(value)))
+            keys.append(new(jax.typeof(value)))
             consts.append(value)
         const_keys.extend(keys)
         return keys

@@ -67,8 +67,15 @@ def _neutral(name, value) -> bool:
 def _zeros(graph, lab, keep, root, silenced):
     """Per key ``{axis: mask}`` of slices that are identically zero when silenced."""
     z = {key: {0: ~keep[root[lab.axes[key][0][0]]]} for key in silenced}
+    scalars = {}  # keys holding a known scalar (jnp.pad's converted 0)
+
+    def literal(key):
+        return key if isinstance(key, Lit) else scalars.get(key)
+
     for eqn in graph.eqns:
         name, shape = eqn.prim.name, graph.avals[eqn.outs[0]].shape if eqn.outs else ()
+        if name == "convert_element_type" and literal(eqn.ins[0]) is not None:
+            scalars[eqn.outs[0]] = literal(eqn.ins[0])
         ins = [() if isinstance(k, Lit) else graph.avals[k].shape for k in eqn.ins]
         zin = [{} if isinstance(k, Lit) else z.get(k, {}) for k in eqn.ins]
         rule, out = _zero_rules(name), {}
@@ -109,6 +116,19 @@ def _zeros(graph, lab, keep, root, silenced):
                     sizes = [ins[0][a] for a in old]
                     out[new[0]] = np.broadcast_to(zin[0][hit[0]].reshape(view),
                                                   sizes).ravel()
+        elif name == "pad" and literal(eqn.ins[1]) is not None and _neutral(
+                "add", literal(eqn.ins[1]).value):
+            out = {a: m for a, m in zin[0].items()
+                   if tuple(eqn.params["padding_config"][a]) == (0, 0, 0)}
+        elif name == "slice":
+            start, limit = eqn.params["start_indices"], eqn.params["limit_indices"]
+            out = {a: m[start[a]:limit[a]] for a, m in zin[0].items()}
+        elif name == "dot_general":  # a zero slice along a free axis stays zero
+            (lc, rc), (lb, rb) = eqn.params["dimension_numbers"]
+            free = ([(0, a) for a in range(len(ins[0])) if a not in lc + lb]
+                    + [(1, b) for b in range(len(ins[1])) if b not in rc + rb])
+            out = {len(lb) + i: zin[side][a] for i, (side, a) in enumerate(free)
+                   if a in zin[side]}
         elif name == "concatenate":
             axis = eqn.params["dimension"]
             if any(axis in zi for zi in zin):

@@ -270,6 +270,14 @@ def compact(model, variables, ticket: dict, *example_inputs, min_channels: int =
         shapes = {_path(p): np.shape(x)
                   for p, x in jax.tree_util.tree_flatten_with_path(sliced)[0]}
         module = _NARROWERS[type(model)](model, shapes)
+        built = jax.eval_shape(lambda *x: module.init(jax.random.PRNGKey(0), *x,
+                                                      **kwargs),
+                               *_abstract(example_inputs))
+        got = {_path(p): tuple(x.shape)
+               for p, x in jax.tree_util.tree_flatten_with_path(built)[0]}
+        if got != {p: tuple(s) for p, s in shapes.items()}:
+            raise ValueError(f"the narrower {name} registered for compact builds "
+                             f"other shapes than the sliced variables")
     return Compact(model, dense, plan, sliced, module)
 
 
