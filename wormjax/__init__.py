@@ -32,6 +32,14 @@ from wormjax.selectors import batchnorm_selector
 from wormjax.selectors import path_selector
 from wormjax.sparsity import sparsity_penalty
 from wormjax.structured import build_compact
+from wormjax.surgery import Compact
+from wormjax.surgery import compact
+from wormjax.surgery import silenced
+from wormjax.surgery.accounting import Cost
+from wormjax.surgery.accounting import pruned_cost
+from wormjax.pruning import per_tensor_mask
+from wormjax.pruning import prune
+from wormjax.pruning import ticket_param_mask
 from wormjax.structured import compact_channels
 from wormjax.structured import load_compact
 from wormjax.structured import save_compact

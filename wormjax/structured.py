@@ -38,6 +38,7 @@ import orbax.checkpoint as ocp
 from wormjax import _validate
 from wormjax.pipeline import report
 from wormjax import selectors as selectors_lib
+from wormjax import surgery
 from wormjax.models import common
 from wormjax.models import resnet
 from wormjax.models import vgg
@@ -398,3 +399,15 @@ def load_compact(path: str | os.PathLike):
             os.path.abspath(os.fspath(path)),
             args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state
     return model, variables
+
+
+def _narrower(model, shapes: dict):
+    """The library CNN with each BatchNorm's compact channel count (``channels``)."""
+    return model.clone(channels=tuple(
+        int(shapes[f"params/{common.path_str(p)}/scale"][0])
+        for p, _ in common.bn_layout(model)))
+
+
+# wormjax.compact builds these as real narrower modules, not as a sliced jaxpr.
+for _cls in _FAMILIES:
+    surgery.register_narrower(_cls, _narrower)

@@ -1,0 +1,297 @@
+"""Tests for ``wormjax.surgery``: any Flax CNN's compact network equals the dense
+network with the pruned channels silenced, in eval mode and for one SGD step."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from wormjax import surgery
+from wormjax.models import resnet
+from wormjax.models import vgg
+from wormjax.surgery import accounting
+
+
+class FlaxExampleResNet(nn.Module):
+    """flax/examples/imagenet style: ``norm`` partial, conv_proj/norm_proj shortcut."""
+
+    widths: tuple = (4, 6)
+
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+                                 momentum=0.9, epsilon=1e-5)
+        x = nn.relu(norm(name="bn_init")(nn.Conv(self.widths[0], (3, 3),
+                                                 use_bias=False, name="conv_init")(x)))
+        for i, w in enumerate(self.widths):
+            for j in range(2):
+                residual = x
+                stride = (2, 2) if i > 0 and j == 0 else (1, 1)
+                y = nn.Conv(w, (3, 3), stride, use_bias=False)(x)
+                y = nn.relu(norm()(y))
+                y = nn.Conv(w, (3, 3), use_bias=False)(y)
+                y = norm(scale_init=nn.initializers.zeros)(y)  # zero-init last BN
+                if residual.shape != y.shape:
+                    residual = nn.Conv(w, (1, 1), stride, use_bias=False,
+                                       name=f"conv_proj_{i}")(residual)
+                    residual = norm(name=f"norm_proj_{i}")(residual)
+                x = nn.relu(residual + y)
+        x = jnp.mean(x, axis=(1, 2))
+        return nn.Dense(3)(x)
+
+
+class ConcatNet(nn.Module):
+    """A DenseNet-style concatenation skip."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        bn = functools.partial(nn.BatchNorm, use_running_average=not train)
+        x = nn.relu(bn()(nn.Conv(4, (3, 3))(x)))
+        y = nn.relu(bn()(nn.Conv(5, (3, 3))(x)))
+        x = jnp.concatenate([x, y], axis=-1)
+        x = nn.relu(bn()(nn.Conv(6, (1, 1))(x)))
+        x = nn.avg_pool(x, (2, 2), (2, 2))
+        return nn.Dense(3)(jnp.mean(x, axis=(1, 2)))
+
+
+class MobileNetBlock(nn.Module):
+    """Depthwise-separable: expand 1x1, depthwise 3x3 (x2 multiplier), project 1x1."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        bn = functools.partial(nn.BatchNorm, use_running_average=not train)
+        x = nn.relu(bn()(nn.Conv(6, (3, 3), use_bias=False)(x)))
+        x = nn.relu6(bn()(nn.Conv(12, (3, 3), feature_group_count=6,
+                                  use_bias=False)(x)))
+        x = nn.relu(bn()(nn.Conv(5, (1, 1), use_bias=False)(x)))
+        x = nn.max_pool(x, (2, 2), (2, 2))
+        return nn.Dense(3)(jnp.mean(x, axis=(1, 2)))
+
+
+class FlattenNet(nn.Module):
+    """Conv stack ending in flatten + two dense layers."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        bn = functools.partial(nn.BatchNorm, use_running_average=not train)
+        x = nn.relu(bn()(nn.Conv(4, (3, 3))(x)))
+        x = nn.max_pool(x, (2, 2), (2, 2))
+        x = nn.relu(bn()(nn.Conv(5, (3, 3))(x)))
+        x = x.reshape(x.shape[0], -1)
+        x = nn.relu(nn.Dense(7)(x))
+        return nn.Dense(3)(x)
+
+
+def _cifar(cls):
+    return cls(num_classes=3, width=1 / 16)
+
+
+MODELS = {
+    "vgg11": (functools.partial(_cifar, vgg.CifarVGG11), (2, 16, 16, 3)),
+    # 16x16, four images: train-mode BatchNorm over layer4's 1x1 maps of two images
+    # is ill-conditioned enough to amplify rounding past any useful tolerance.
+    "resnet18": (functools.partial(_cifar, resnet.CifarResNet18), (4, 16, 16, 3)),
+    "flax_resnet": (FlaxExampleResNet, (2, 8, 8, 3)),
+    "concat": (ConcatNet, (2, 8, 8, 3)),
+    "mobilenet": (MobileNetBlock, (2, 8, 8, 3)),
+    "flatten": (FlattenNet, (2, 8, 8, 3)),
+}
+
+
+def _path(key_path):
+    return "/".join(str(k.key) for k in key_path)
+
+
+def _random_variables(model, shape, seed=0):
+    rs = np.random.RandomState(seed)
+    x = jnp.asarray(rs.uniform(-1, 1, shape), jnp.float32)
+    abstract = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
+
+    def leaf(key_path, s):
+        name = key_path[-1].key
+        if name == "kernel":
+            fan_in = int(np.prod(s.shape[:-1]))
+            return (rs.standard_normal(s.shape) * np.sqrt(2 / fan_in)).astype(np.float32)
+        if name == "var":
+            return (rs.random_sample(s.shape) + 0.5).astype(np.float32)
+        if name == "scale":
+            return rs.standard_normal(s.shape).astype(np.float32)
+        return (0.1 * rs.standard_normal(s.shape)).astype(np.float32)
+
+    return jax.tree_util.tree_map_with_path(leaf, abstract), x
+
+
+def _bn_ticket(variables, kind, seed=1):
+    """Keep masks over every BatchNorm scale (found by its 'mean' statistic)."""
+    rs = np.random.RandomState(seed)
+    modules = [_path(p)[:-len("/mean")] for p, _ in
+               jax.tree_util.tree_flatten_with_path(variables["batch_stats"])[0]
+               if p[-1].key == "mean"]
+    ticket = {}
+    for i, module in enumerate(sorted(modules)):
+        n = variables["params"][module.split("/")[0]]
+        for part in module.split("/")[1:]:
+            n = n[part]
+        n = n["scale"].shape[0]
+        keep = rs.random_sample(n) < 0.5
+        if kind == "empty":
+            keep[:] = False  # the floor keeps one channel per layer
+        ticket[f"{module}/scale"] = keep
+    return ticket
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _eval(model, variables, x):
+    return model.apply(variables, x, train=False)
+
+
+def _cut(tree, plan):
+    def visit(key_path, leaf):
+        for axis, mask in plan.leaf_keep[_path(key_path)].items():
+            leaf = jnp.take(leaf, np.flatnonzero(mask), axis=axis)
+        return leaf
+    return jax.tree_util.tree_map_with_path(visit, tree)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _sgd_step(apply, variables, x):
+    labels = jnp.arange(x.shape[0]) % 3
+
+    def loss_fn(params):
+        logits, updates = apply({"params": params,
+                                 "batch_stats": variables["batch_stats"]}, x,
+                                train=True, mutable=["batch_stats"])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), \
+            updates
+
+    tx = optax.sgd(0.1)
+    params = variables["params"]
+    (loss, updates), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    steps, _ = tx.update(grads, tx.init(params), params)
+    return loss, optax.apply_updates(params, steps), updates["batch_stats"]
+
+
+@pytest.mark.parametrize("name,kind", [(n, k) for n in MODELS for k in ("random",)]
+                         + [("flax_resnet", "empty"), ("mobilenet", "empty")])
+def test_compact_equals_silenced_dense(name, kind):
+    factory, shape = MODELS[name]
+    model = factory()
+    variables, x = _random_variables(model, shape)
+    ticket = _bn_ticket(variables, kind)
+    small = surgery.compact(model, variables, ticket, x)
+    assert small.num_params < sum(np.size(a) for a in
+                                  jax.tree_util.tree_leaves(variables["params"]))
+    if kind == "empty":
+        assert small.plan.floored
+    for path, keep in ticket.items():  # the union rule never drops a kept channel
+        assert set(np.flatnonzero(keep)) <= set(
+            np.flatnonzero(small.plan.leaf_keep[f"params/{path}"][0]))
+        assert small.plan.leaf_keep[f"params/{path}"][0].sum() >= 1
+    dense = surgery.silenced(variables, small.plan, ticket)
+    np.testing.assert_allclose(small.apply(small.variables, x, train=False),
+                               _eval(model, dense, x), rtol=1e-4, atol=1e-4)
+    loss_c, params_c, stats_c = _sgd_step(small.apply, small.variables, x)
+    loss_d, params_d, stats_d = _sgd_step(model.apply, dense, x)
+    # Shorter conv sums round differently; train-mode BatchNorm over two 8x8 images
+    # amplifies that, hence 1e-3 rather than the eval forward's 1e-4.
+    np.testing.assert_allclose(loss_c, loss_d, rtol=1e-3)
+    cut = _cut({"params": params_d, "batch_stats": stats_d}, small.plan)
+    jax.tree_util.tree_map(functools.partial(np.testing.assert_allclose, rtol=1e-3,
+                                             atol=1e-3),
+                           {"params": params_c, "batch_stats": stats_c}, cut)
+
+
+def test_residual_streams_share_the_union_of_their_masks():
+    model = FlaxExampleResNet()
+    variables, x = _random_variables(model, MODELS["flax_resnet"][1])
+    ticket = _bn_ticket(variables, "random")
+    plan = surgery.compact(model, variables, ticket, x).plan
+    stream = ["bn_init", "BatchNorm_1", "BatchNorm_3"]  # stage 0 residual stream
+    groups = [set(g) for g in plan.groups]
+    assert {f"params/{m}/scale" for m in stream} in groups
+    union = np.logical_or.reduce([ticket[f"{m}/scale"] for m in stream])
+    for m in stream:
+        np.testing.assert_array_equal(plan.leaf_keep[f"params/{m}/scale"][0], union)
+    # The projection shortcut's BatchNorm is found and coupled with stage 1's stream.
+    assert {"params/BatchNorm_5/scale", "params/BatchNorm_7/scale",
+            "params/norm_proj_1/scale"} in groups
+
+
+def test_costs_count_dead_filters_and_input_slices():
+    model = MobileNetBlock()
+    variables, x = _random_variables(model, MODELS["mobilenet"][1])
+    ticket = _bn_ticket(variables, "random")
+    cost = accounting.pruned_cost(model, variables, ticket, x)
+    small = surgery.compact(model, variables, ticket, x)
+    assert cost.params_pruned == small.num_params < cost.params_dense
+    assert 0 < cost.macs_pruned < cost.macs_dense
+    assert 0 < cost.flops_pruned < cost.flops_dense
+    # A full ticket removes nothing.
+    full = {p: np.ones_like(m) for p, m in ticket.items()}
+    same = accounting.pruned_cost(model, variables, full, x)
+    assert same.params_pruned == same.params_dense and same.macs_pruned == same.macs_dense
+
+
+def test_the_function_form_exports_and_jits():
+    model = FlattenNet()
+    variables, x = _random_variables(model, MODELS["flatten"][1])
+    small = surgery.compact(model, variables, _bn_ticket(variables, "random"), x)
+    assert small.module is None
+    exported = small.export(x, train=False)
+    np.testing.assert_allclose(exported.call(small.variables, x),
+                               jax.jit(lambda v, x: small.apply(v, x, train=False))(
+                                   small.variables, x), rtol=1e-6)
+
+
+class ShuffleNet(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        x = nn.relu(nn.BatchNorm(use_running_average=not train)(nn.Conv(4, (3, 3))(x)))
+        b, h, w, c = x.shape
+        x = x.reshape(b, h, w, 2, c // 2).transpose(0, 1, 2, 4, 3).reshape(b, h, w, c)
+        return nn.Dense(3)(jnp.mean(x, axis=(1, 2)))
+
+
+class CumsumNet(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        x = nn.relu(nn.BatchNorm(use_running_average=not train)(nn.Conv(4, (3, 3))(x)))
+        return nn.Dense(3)(jnp.cumsum(x, axis=-1).mean(axis=(1, 2)))
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = FlattenNet()
+    variables, x = _random_variables(model, MODELS["flatten"][1])
+    ticket = _bn_ticket(variables, "random")
+    with pytest.raises(ValueError, match="'bn9/scale' names no variable of FlattenNet"):
+        surgery.compact(model, variables, {"bn9/scale": np.ones(4, bool)}, x)
+    with pytest.raises(ValueError, match="layer 'params/BatchNorm_0' has \\(4,\\)"):
+        surgery.compact(model, variables, {"BatchNorm_0/scale": np.ones(5, bool)}, x)
+    with pytest.raises(ValueError, match="empty"):
+        surgery.compact(model, variables, {}, x)
+    for net, op in ((ShuffleNet(), "reshape splits a channel axis"),
+                    (CumsumNet(), "no rule for op 'cumsum' at CumsumNet")):
+        v, x = _random_variables(net, (1, 4, 4, 3))
+        with pytest.raises(surgery.UnsupportedOpError, match=op):
+            surgery.compact(net, v, {"BatchNorm_0/scale": np.ones(4, bool)}, x)
+
+
+class SigmoidNet(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        x = nn.sigmoid(nn.BatchNorm(use_running_average=not train)(nn.Conv(4, (3, 3))(x)))
+        return nn.Dense(3)(jnp.mean(nn.Conv(5, (1, 1))(x), axis=(1, 2)))
+
+
+def test_channels_that_are_not_zero_when_silenced_are_kept():
+    model = SigmoidNet()
+    variables, x = _random_variables(model, (1, 4, 4, 3))
+    ticket = {"BatchNorm_0/scale": np.array([True, False, False, True])}
+    small = surgery.compact(model, variables, ticket, x)
+    assert small.plan.leaf_keep["params/BatchNorm_0/scale"][0].all()
+    (path, count, why), = small.plan.pinned
+    assert path == "params/BatchNorm_0/scale" and count == 2 and "not zero" in why

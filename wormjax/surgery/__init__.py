@@ -1,0 +1,8 @@
+"""Structured pruning of any Flax CNN: channel graph, compact network, honest costs."""
+
+from wormjax.surgery.rebuild import Compact
+from wormjax.surgery.rebuild import compact
+from wormjax.surgery.rebuild import register_narrower
+from wormjax.surgery.rebuild import silenced
+from wormjax.surgery.graph import UnsupportedOpError
+from wormjax.surgery.plan import Plan
