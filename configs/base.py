@@ -50,6 +50,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.optim.step_fractions = "0.5,0.75"  # step: lr drops at these fractions of all steps
     c.optim.step_factor = 0.1  # step: lr multiplier at each drop, in (0, 1]
     c.optim.decay_norm_and_bias = False  # weight decay on norm scales and biases too
+    # A fresh optimizer (state and schedule) at every epoch's start, as the WORM
+    # authors' BERT code did by building a new HF Trainer per epoch; the schedule
+    # then spans one epoch.
+    c.optim.reset_each_epoch = False
 
     c.search = ml_collections.ConfigDict()
     c.search.schedule = "worm"  # none (EB Train) | worm | always | greedy

@@ -18,7 +18,15 @@ def default_checkpoint() -> str:
     return hf_import.minilm_checkpoint_dir() or "bert-base-uncased"
 
 
-def get_config(task: str, schedule: str) -> ml_collections.ConfigDict:
+def get_config(task: str, schedule: str, recipe: str = "ours"
+               ) -> ml_collections.ConfigDict:
+    """The config of ``task`` (sst2 | mrpc | rte) with a truncation ``schedule``.
+
+    ``recipe`` "ours" is AdamW with warm-up and linear decay over the whole run;
+    "authors" is what the WORM authors' code did (see ``authors_recipe``).
+    """
+    if recipe not in ("ours", "authors"):
+        raise ValueError(f"recipe must be 'ours' or 'authors', got {recipe!r}")
     c = base.get_config()
     c.task = "text"
     c.log_every_steps = 20
@@ -54,6 +62,9 @@ def get_config(task: str, schedule: str) -> ml_collections.ConfigDict:
     c.search.truncation_ratio = 3e-3  # r
     c.search.include_value = False  # value kernels in the ticket too (paper's Table IV)
     c.search.max_epochs = 10
+    # The authors' Q/K mask bug (docs/algorithm.md section 7): only the key
+    # kernels' differences count, over the full length. Off: the paper's rule.
+    c.search.authors_qk_mask_bug = False
 
     # The authors' BERT code: per-tensor 50% pruning of every dense kernel and bias,
     # kept as a persistent mask while retraining. "mask" prunes only the ticket's Q/K.
@@ -62,4 +73,25 @@ def get_config(task: str, schedule: str) -> ml_collections.ConfigDict:
     c.retrain.max_epochs = 3
     c.retrain.target_kind = "relative"
     c.retrain.target = 0.99  # 99% of the pre-prune accuracy
+    return authors_recipe(c) if recipe == "authors" else c
+
+
+def authors_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The WORM authors' BERT fine-tuning (docs/algorithm.md section 7), in place.
+
+    A new HF Trainer per epoch: AdamW lr 5e-5, no weight decay, no warm-up, a
+    linear decay to 0 within each epoch, optimizer state reset every epoch;
+    batch 8; gradient clipping 1.0; their Q/K mask bug on. Not reproduced: their
+    seed re-set per construction (likely the same data order every epoch) and
+    max length 512 (set ``data.max_seq_len`` if it fits).
+    """
+    c.optim.learning_rate = 5e-5
+    c.optim.weight_decay = 0.0
+    c.optim.warmup_steps = 0
+    c.optim.warmup_fraction = 0.0
+    c.optim.grad_clip_norm = 1.0
+    c.optim.batch_size = 8
+    c.optim.schedule = "warmup_linear"
+    c.optim.reset_each_epoch = True
+    c.search.authors_qk_mask_bug = True
     return c

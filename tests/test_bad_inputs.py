@@ -83,6 +83,7 @@ BAD_VALUES = [
     ("image", "optim.step_fractions", "a,b", "optim.step_fractions must be comma-separated"),
     ("image", "optim.step_factor", 0.0, "optim.step_factor must be in (0.0, 1.0]"),
     ("image", "optim.decay_norm_and_bias", "yes", "optim.decay_norm_and_bias must be"),
+    ("image", "optim.reset_each_epoch", "yes", "optim.reset_each_epoch must be"),
     ("image", "model.bn_scale_init", 0.0, "model.bn_scale_init must be in (0.0, inf)"),
     ("image", "optim.momentum", 1.5, "optim.momentum must be in [0.0, 1.0), got 1.5"),
     ("image", "optim.momentum", -0.1, "optim.momentum must be in [0.0, 1.0)"),
@@ -150,6 +151,7 @@ BAD_VALUES = [
     ("text", "data.bucket_min_len", 0, "data.bucket_min_len must be an integer >= 1"),
     ("text", "optim.warmup_fraction", 1.5, "optim.warmup_fraction must be in [0.0, 1.0]"),
     ("text", "search.include_value", "yes", "search.include_value must be True or False"),
+    ("text", "search.authors_qk_mask_bug", 1, "search.authors_qk_mask_bug must be"),
     ("text", "pruning.mode", "structured", "unknown pruning.mode 'structured'"),
 ]
 

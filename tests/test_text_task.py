@@ -344,3 +344,47 @@ def test_reference_pruning_keeps_its_persistent_mask_while_retraining(text_run, 
         assert not np.any(np.asarray(params[path])[np.asarray(mask) == 0]), path
     nonzero = sum(int(np.count_nonzero(p)) for p in params.values())
     assert nonzero == payload["runs"][0]["params"]["pruned"]
+
+
+# -- the WORM authors' recipe --------------------------------------------------
+
+def _optimizer_counts(opt_state) -> list[int]:
+    """Every optax step counter (a NamedTuple field named ``count``) in the state."""
+    leaves = jax.tree_util.tree_flatten_with_path(opt_state)[0]
+    return [int(np.asarray(leaf).reshape(-1)[0]) for path, leaf in leaves
+            if path and getattr(path[-1], "name", None) == "count"]
+
+
+def test_authors_recipe_resets_the_optimizer_each_epoch_and_counts_keys_only(
+        files, tmp_path, monkeypatch):
+    from wormjax.pipeline import loop
+    starts, counted_seen = [], []
+    real_epoch, real_update = loop.train_epoch, search_lib.update
+
+    def recording_epoch(step_fn, state, *args, **kwargs):
+        starts.append(_optimizer_counts(state.opt_state))
+        return real_epoch(step_fn, state, *args, **kwargs)
+
+    def recording_update(state, representative, config, counted=None):
+        counted_seen.append(None if counted is None else counted.shape)
+        return real_update(state, representative, config, counted)
+
+    monkeypatch.setattr(loop, "train_epoch", recording_epoch)
+    monkeypatch.setattr(search_lib, "update", recording_update)
+    config = tiny_config(files, **{"experiment.schedules": "none",
+                                   "experiment.placements": "gradient",
+                                   "optim.reset_each_epoch": True,
+                                   "search.authors_qk_mask_bug": True})
+    experiment.run_experiment(config, str(tmp_path), print_fn=lambda s: None)
+    run = json.load(open(os.path.join(str(tmp_path), "eb_seed0", "summary.json")))
+    # A new optimizer at every epoch's start: every step counter is back at 0
+    # (without the reset, search epoch 1 would start at steps_per_epoch).
+    assert len(starts) >= 3 and all(c and set(c) == {0} for c in starts), starts
+    # The search saw the key-only counting vector, one entry per Q/K element.
+    layout = selectors_lib.attention_selector()(
+        text_task.TextTask(config).init_variables(0)["params"])
+    assert counted_seen and set(counted_seen) == {(layout.num_entries,)}
+    # Only key entries count, over the full length: no distance above 1/2
+    # once the window is full.
+    full = [r for r in run["trajectory"] if r["phase"] == "search"][config.search.window - 1:]
+    assert full and all(r["d_max"] <= 0.5 for r in full)

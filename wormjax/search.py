@@ -174,7 +174,8 @@ def init(num_entries: int, config: EarlyBirdConfig) -> EarlyBirdState:
 
 
 def update_with_mask(state: EarlyBirdState, new_mask: jax.Array,
-                     config: EarlyBirdConfig, finite=True) -> EarlyBirdState:
+                     config: EarlyBirdConfig, finite=True,
+                     counted: jax.Array | None = None) -> EarlyBirdState:
     """One search epoch's bookkeeping given its flat keep mask (steps 1-3).
 
     Args:
@@ -183,6 +184,10 @@ def update_with_mask(state: EarlyBirdState, new_mask: jax.Array,
       config: the static search settings.
       finite: bool scalar, whether the magnitudes behind ``new_mask`` were all
         finite; False marks the state ``nonfinite`` for good.
+      counted: optional bool [N]; when given, only entries where it is True
+        count as differences (the divisor stays N). None counts every entry,
+        the paper's rule; ``wormjax.quirks`` uses it to reproduce a
+        reference implementation's distances.
 
     Returns:
       The new state.
@@ -192,7 +197,10 @@ def update_with_mask(state: EarlyBirdState, new_mask: jax.Array,
     num_pushed = state.num_pushed + 1
     full = num_pushed >= config.window
     # Newest against each older mask, not consecutive pairs.
-    raw = jnp.sum(window[:-1] != window[-1][None, :], axis=1, dtype=jnp.int32)
+    differs = window[:-1] != window[-1][None, :]
+    if counted is not None:
+        differs = differs & jnp.asarray(counted, jnp.bool_)[None, :]
+    raw = jnp.sum(differs, axis=1, dtype=jnp.int32)
     counts = jnp.where(full, raw, jnp.full_like(raw, num_entries))
     # Float distances only report; float32 rounding of count / N must not move
     # a tie across s or s + delta, so the decisions below use the counts.
@@ -225,8 +233,8 @@ def update_with_mask(state: EarlyBirdState, new_mask: jax.Array,
     )
 
 
-def update(state: EarlyBirdState, representative, config: EarlyBirdConfig
-           ) -> EarlyBirdState:
+def update(state: EarlyBirdState, representative, config: EarlyBirdConfig,
+           counted: jax.Array | None = None) -> EarlyBirdState:
     """Pushes the mask of the current representative parameters (one epoch).
 
     Args:
@@ -234,6 +242,8 @@ def update(state: EarlyBirdState, representative, config: EarlyBirdConfig
       representative: the representative leaves (a list in layout order, or
         any pytree whose leaf order matches the one used for ``init``).
       config: the static search settings.
+      counted: optional bool [N] of the entries whose differences count (see
+        ``update_with_mask``); None, the default, counts all.
 
     Returns:
       The new state: window, distances, converged flag, ticket epoch, trigger.
@@ -248,7 +258,7 @@ def update(state: EarlyBirdState, representative, config: EarlyBirdConfig
         )
     return update_with_mask(
         state, masks.flat_magnitude_mask(mags, config.prune_ratio), config,
-        finite=jnp.all(jnp.isfinite(mags)))
+        finite=jnp.all(jnp.isfinite(mags)), counted=counted)
 
 
 class EarlyBirdSearch(NamedTuple):
@@ -285,7 +295,10 @@ def early_bird(config: EarlyBirdConfig | None = None, **kwargs) -> EarlyBirdSear
         config = dataclasses.replace(config, **kwargs)
     return EarlyBirdSearch(
         init=lambda num_entries: init(num_entries, config),
-        update=jax.jit(lambda state, rep: update(state, rep, config),
+        # ``counted`` is an array argument, not part of the config: changing
+        # it never retraces.
+        update=jax.jit(lambda state, rep, counted=None: update(state, rep, config,
+                                                               counted),
                        donate_argnums=()),
         config=config,
     )

@@ -145,6 +145,13 @@ def _retrain_target(name, value, config) -> None:
     _validate.half_open_interval(name, value, 0.0, 1.0 if absolute else 10.0)
 
 
+def _authors_qk_bug(name, value, config) -> None:
+    _boolean(name, value, config)
+    if value and config.search.get("include_value", False):
+        raise ValueError(f"{name}=True reproduces a query/key mask; it cannot be "
+                         "combined with search.include_value=True (Q+K+V)")
+
+
 def _mesh_data(name, value, config) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not (
             value == -1 or value >= 1):
@@ -194,6 +201,7 @@ FIELDS: dict[str, Check] = {
     "optim.step_fractions": lambda name, value, config: state_lib.parse_step_fractions(value),
     "optim.step_factor": _interval(_validate.half_open_interval, 0.0, 1.0),
     "optim.decay_norm_and_bias": _boolean,
+    "optim.reset_each_epoch": _boolean,
     "search.schedule": _choice(*search_lib.SCHEDULES),
     "search.prune_ratio": _interval(_validate.open_interval, 0.0, 1.0),
     "search.window": _integer(2),
@@ -224,6 +232,7 @@ TEXT_FIELDS: dict[str, Check] = {
     "data.bucket_min_len": _integer(1),
     "optim.warmup_fraction": _interval(_validate.closed_interval, 0.0, 1.0),
     "search.include_value": _boolean,
+    "search.authors_qk_mask_bug": _authors_qk_bug,
 }
 
 

@@ -45,6 +45,12 @@ def train_one_epoch(run, progress: Progress, state, step_fn, phase: str, epoch: 
                        "accuracy": running["accuracy"]})
 
     start = progress.step_in_epoch
+    if not start and run.config.optim.get("reset_each_epoch", False):
+        # The authors' new Trainer per epoch: fresh optimizer state and schedule
+        # (the step counter, which numbers checkpoints, goes on). A resume inside
+        # the epoch keeps the checkpoint's optimizer state.
+        state = state.replace(opt_state=run.parallel.replicate(
+            run.tx.init(state.params)))
     out = loop.train_epoch(
         step_fn, state, task.train_batches(run.seed, progress.data_epoch, start),
         num_steps=task.steps_per_epoch, log_every=run.config.log_every_steps,

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from wormjax import pruning
+from wormjax import quirks
 from wormjax import search as search_lib
 from wormjax.pipeline import recalibration
 from wormjax.pipeline import state as state_lib
@@ -51,10 +52,16 @@ class Programs:
     prune: Callable  # (params, keep_flat) -> (pruning.Pruned, nonzero count)
     recalibrate: Callable  # fresh BatchNorm statistics of the dense model
     costs: Costs
+    # bool [N] of the entries whose mask differences count; None: all (the
+    # paper). Set by search.authors_qk_mask_bug (``wormjax.quirks``).
+    counted: Any = None
 
     def eb_update(self, search_config, eb, params):
         """The epoch-end Early-Bird update of ``search_config`` on ``params``."""
-        return self.searches[search_config].update(eb, self.layout.representative(params))
+        rep = self.layout.representative(params)
+        if self.counted is None:
+            return self.searches[search_config].update(eb, rep)
+        return self.searches[search_config].update(eb, rep, self.counted)
 
     def compile_counts(self) -> dict[str, int]:
         """Compilations so far, by program name."""
@@ -85,6 +92,10 @@ def build_programs(config, task, variants, variables) -> Programs:
     layout = task.selector(variables["params"])
     total_steps = ((config.search.max_epochs + config.retrain.max_epochs)
                    * task.steps_per_epoch)
+    if config.optim.get("reset_each_epoch", False):
+        total_steps = task.steps_per_epoch  # a fresh schedule every epoch
+    counted = (quirks.authors_qk_counted(layout)
+               if config.search.get("authors_qk_mask_bug", False) else None)
     counter = steps_lib.CompileCounter()
     txs, steps = {}, {}
     for placement in sorted({v.placement for v in variants}):
@@ -103,7 +114,8 @@ def build_programs(config, task, variants, variables) -> Programs:
                                      jax.tree_util.tree_leaves(variables["params"]))))
     return Programs(counter=counter, layout=layout, txs=txs, steps=steps,
                     searches=searches, prune=_prune_program(config, task, layout, counter),
-                    recalibrate=recalibration.stats_fn(task.forward, counter), costs=costs)
+                    recalibrate=recalibration.stats_fn(task.forward, counter), costs=costs,
+                    counted=counted)
 
 
 def _masked_retraining(config, task) -> bool:
