@@ -26,11 +26,14 @@ def test_usage_example_runs():
 def test_setup_commands_name_existing_files():
     text = _readme()
     assert "python launch.py --config=configs/quickstart.py" in text
-    assert "python -m pytest -q" in text
+    command = re.search(r"^pip install -e '\.\[dev\]' && (python -m pytest[^\n]*)$",
+                        text, re.M)
+    assert command, "README lost its test command"
     for config in re.findall(r"--config=(configs/\w+\.py)", text):
         assert os.path.exists(os.path.join(REPO, config)), config
     with open(os.path.join(REPO, ".ci", "run")) as f:
-        assert "python -m pytest -q" in f.read()
+        # CI runs exactly the README's test command.
+        assert re.search(rf"^{re.escape(command.group(1))}$", f.read(), re.M)
 
 
 def _own_model_blocks():
