@@ -135,7 +135,7 @@ def _run_locked(config, workdir: str, variants, print_fn) -> dict:
 
     tables = {"comparison": tables_lib.comparison_table(
         summaries, max_retrain_epochs=config.retrain.max_epochs,
-        num_classes=summary_lib.num_classes(task))}
+        num_classes=task.num_classes)}
     if task.kind == "text":  # the paper's Tables IV-VI
         tables["glue"] = tables_lib.glue_table(summaries)
     if any(s["schedule"] == "always" for s in summaries):

@@ -1,8 +1,8 @@
-"""Image classification task: CIFAR-10 (or the digits demo) with a Flax CNN.
+"""The image task: CIFAR-10 (or the digits demo) wired to a library CNN.
 
-A task gives the run loop everything model- and data-specific: variables at
-initialisation, the forward function, batches and the representative
-selector. The loop itself knows nothing about images.
+It implements ``pipeline.task.CompactableTask``: variables at initialisation,
+the forward (``models.forwards.cnn_apply`` on normalised images), batches and
+the BatchNorm representative selector. The loop itself knows nothing about images.
 """
 
 from __future__ import annotations
@@ -12,27 +12,21 @@ import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from wormjax.pipeline import config_checks
+from wormjax import costs
 from wormjax import models
 from wormjax import selectors as selectors_lib
 from wormjax.data import images as images_lib
 from wormjax.data import pipeline
+from wormjax.models import forwards
 from wormjax.models import torchvision_import
+from wormjax.pipeline import config_checks
 from wormjax.pipeline import divergence
+from wormjax.pipeline import task as task_lib
 
-__all__ = ["ImageTask", "forward_flops"]
+__all__ = ["ImageTask"]
 
-
-def forward_flops(apply_fn, variables, example_batch) -> float:
-    """Forward FLOPs per example from XLA's cost analysis of the eval forward."""
-    compiled = jax.jit(apply_fn).lower(variables, example_batch).compile()
-    cost = compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0] if cost else {}
-    flops = float((cost or {}).get("flops", float("nan")))
-    return flops / example_batch.shape[0]
+_FLOP_BATCH = 8  # the batch FLOPs are counted at, then divided by
 
 
 class ImageTask:
@@ -94,11 +88,18 @@ class ImageTask:
 
     @property
     def num_train_examples(self) -> int:
+        """Images in the training split (after ``data.train_limit``)."""
         return len(self.train_ds)
 
     @property
     def num_eval_examples(self) -> int:
+        """Images in the evaluation split (after ``data.eval_limit``)."""
         return len(self.eval_ds)
+
+    @property
+    def num_classes(self) -> int:
+        """The CNN's classifier outputs."""
+        return self.model.num_classes
 
     @property
     def chance_accuracy(self) -> float | None:
@@ -107,6 +108,7 @@ class ImageTask:
 
     @property
     def input_shape(self):
+        """One input example, batch axis first: (1, H, W, C)."""
         return (1,) + self.train_ds.images.shape[1:]
 
     def init_variables(self, seed: int):
@@ -124,21 +126,17 @@ class ImageTask:
     def forward(self, variables, batch, train: bool, rng, model=None):
         """Logits and new BatchNorm statistics; ``model`` replaces the task's own
         (the compact model of structured pruning)."""
-        model = model or self.model
         x = pipeline.normalize(batch["image"], self._scheme, self._dtype)
-        if train:
-            logits, updates = model.apply(
-                variables, x, train=True, mutable=["batch_stats"],
-                rngs={"dropout": rng})
-            return logits, updates["batch_stats"]
-        return model.apply(variables, x, train=False), variables["batch_stats"]
+        return forwards.cnn_apply(model or self.model, variables, x, train, rng)
 
     def train_batches(self, seed: int, epoch: int, start_step: int = 0):
+        """The shuffled (and, if configured, augmented) batches of ``epoch``."""
         return pipeline.train_batches(self.train_ds, self.batch_size, seed=seed,
                                       epoch=epoch, augment=self.config.data.augment,
                                       start_step=start_step)
 
     def eval_batches(self):
+        """Every evaluation image once, the last batch padded with a 0/1 ``mask``."""
         return pipeline.eval_batches(self.eval_ds, self.eval_batch_size)
 
     def warmup_batches(self) -> dict[str, list[dict]]:
@@ -146,21 +144,13 @@ class ImageTask:
         return {"train": [next(iter(self.train_batches(self.config.seed, 0)))],
                 "eval": [next(iter(self.eval_batches()))]}
 
-    def forward_flops_per_example(self, variables, model=None) -> float:
-        batch = np.zeros((8,) + self.input_shape[1:], np.uint8)
-        return forward_flops(
+    def forward_flops(self, variables, model=None) -> task_lib.ForwardFlops:
+        """Eval-forward FLOPs per example; every batch has one shape, so one figure."""
+        images = jax.ShapeDtypeStruct((_FLOP_BATCH,) + self.input_shape[1:], jnp.uint8)
+        flops = costs.flops_per_example(
             lambda v, x: self.forward(v, {"image": x}, False, None, model)[0],
-            variables, jnp.asarray(batch))
-
-    def train_forward_flops_per_example(self, variables, longest: float) -> float:
-        """Forward FLOPs per trained example: every batch has one shape, so ``longest``.
-
-        Args:
-          variables: unused (the text task's signature).
-          longest: ``forward_flops_per_example(variables)``.
-        """
-        del variables
-        return longest
+            variables, images)
+        return task_lib.ForwardFlops(longest=flops, train=flops, by_length={})
 
     def compact_model(self, channels):
         """The task's CNN narrowed to explicit per-BatchNorm channel counts."""

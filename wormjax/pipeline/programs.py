@@ -16,14 +16,15 @@ from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from wormjax import costs as costs_lib
 from wormjax import pruning
 from wormjax import search as search_lib
 from wormjax.pipeline import recalibration
 from wormjax.pipeline import state as state_lib
 from wormjax.pipeline import steps as steps_lib
 from wormjax.pipeline import variants as variants_lib
+from wormjax.pipeline.task import Task
 
 __all__ = ["Costs", "Programs", "build_programs", "warm_up"]
 
@@ -75,10 +76,12 @@ def _prune_program(config, task, layout, counter) -> Callable:
     return jax.jit(prune)
 
 
-def build_programs(config, task, variants, variables) -> Programs:
+def build_programs(config, task: Task, variants, variables) -> Programs:
     """Builds (does not yet compile) every program of an experiment.
 
     Args:
+      config: the experiment ConfigDict.
+      task: the experiment's task.
       variants: the experiment's arms (``variants.variants_from_config``).
       variables: the dense model's initial variables (shapes and costs).
     """
@@ -95,12 +98,9 @@ def build_programs(config, task, variants, variables) -> Programs:
     for variant in variants:
         search_config = variants_lib.search_config(config, variant)
         searches.setdefault(search_config, search_lib.early_bird(search_config))
-    flops = task.forward_flops_per_example(variables)
-    costs = Costs(flops_per_example=flops,
-                  train_flops_per_example=task.train_forward_flops_per_example(
-                      variables, flops),
-                  num_params=int(sum(np.prod(x.shape) for x in
-                                     jax.tree_util.tree_leaves(variables["params"]))))
+    flops = task.forward_flops(variables)
+    costs = Costs(flops_per_example=flops.longest, train_flops_per_example=flops.train,
+                  num_params=costs_lib.count_params(variables))
     return Programs(counter=counter, layout=layout, txs=txs, steps=steps,
                     searches=searches, prune=_prune_program(config, task, layout, counter),
                     recalibrate=recalibration.stats_fn(task.forward, counter), costs=costs)
