@@ -25,7 +25,6 @@ from wormjax.pipeline import programs as programs_lib
 from wormjax.pipeline import report
 from wormjax.pipeline import run as run_lib
 from wormjax.pipeline import state as state_lib
-from wormjax.pipeline import summary as summary_lib
 from wormjax.pipeline import tables as tables_lib
 from wormjax.pipeline import variants as variants_lib
 from wormjax.pipeline import workdir as workdir_lib
