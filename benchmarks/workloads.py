@@ -42,6 +42,10 @@ _MINILM_SHAPE = dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=1
 WINDOWS = {"tiny": (0.2, 2), "small": (1.0, 5), "large": (3.0, 7)}
 
 
+def _dtype_suffix(dtype: str) -> str:
+    return "" if dtype == "float32" else f" {dtype}"
+
+
 @dataclasses.dataclass(frozen=True)
 class CnnSpec:
     """A CIFAR CNN train step: model name, width multiplier and batch size."""
@@ -50,15 +54,12 @@ class CnnSpec:
     width: float
     batch: int
     dtype: str = "float32"  # compute dtype; parameters stay float32
+    kind = "cnn"  # a class constant, not a field
 
     @property
     def key(self) -> str:
-        suffix = "" if self.dtype == "float32" else f" {self.dtype}"
-        return f"{self.model} w{self.width:g} b{self.batch}{suffix}"
-
-    @property
-    def kind(self) -> str:
-        return "cnn"
+        """The workload's name in results and in ``common.STEP_CACHE``."""
+        return f"{self.model} w{self.width:g} b{self.batch}{_dtype_suffix(self.dtype)}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,15 +70,13 @@ class BertSpec:
     batch: int
     seq_len: int
     dtype: str = "float32"  # compute dtype; parameters stay float32
+    kind = "bert"  # a class constant, not a field
 
     @property
     def key(self) -> str:
-        suffix = "" if self.dtype == "float32" else f" {self.dtype}"
-        return f"{self.model} b{self.batch}x{self.seq_len}{suffix}"
-
-    @property
-    def kind(self) -> str:
-        return "bert"
+        """The workload's name in results and in ``common.STEP_CACHE``."""
+        return (f"{self.model} b{self.batch}x{self.seq_len}"
+                f"{_dtype_suffix(self.dtype)}")
 
 
 def cnn_optim() -> ml_collections.ConfigDict:

@@ -149,8 +149,8 @@ def test_subsets_are_deterministic_and_seed_independent(files, task):
     # The same rows as the full (seed 0) task at the seed-independent indices.
     picked = text_lib.subset_indices(128, 64, 0)
     for j, i in enumerate(picked):
-        np.testing.assert_array_equal(small.train_data.input_ids[j],
-                                      task.train_data.input_ids[i])
+        np.testing.assert_array_equal(small.train_split.input_ids[j],
+                                      task.train_split.input_ids[i])
     np.testing.assert_array_equal(text_lib.subset_indices(10, 0), np.arange(10))
     assert len(set(text_lib.subset_indices(100, 30).tolist())) == 30
 

@@ -21,7 +21,6 @@ from wormjax.data import pipeline
 from wormjax.models import forwards
 from wormjax.models import torchvision_import
 from wormjax.pipeline import config_checks
-from wormjax.pipeline import divergence
 from wormjax.pipeline import task as task_lib
 
 __all__ = ["ImageTask"]
@@ -29,7 +28,7 @@ __all__ = ["ImageTask"]
 _FLOP_BATCH = 8  # the batch FLOPs are counted at, then divided by
 
 
-class ImageTask:
+class ImageTask(task_lib.SplitMembers):
     """CNN + image data set, built from ``config.model`` and ``config.data``."""
 
     kind = "image"
@@ -58,20 +57,20 @@ class ImageTask:
         self.validate_config(config)
         self.config = config
         limit = lambda n: int(n) if n else None  # noqa: E731 - 0 means all
-        self.train_ds = images_lib.load_image_dataset(
+        self.train_split = images_lib.load_image_dataset(
             data.name, "train", data.source, data.dir or None,
             limit=limit(data.train_limit))
         if data.eval_split == "train":
-            self.eval_ds = self.train_ds
+            self.eval_split = self.train_split
         else:
-            self.eval_ds = images_lib.load_image_dataset(
+            self.eval_split = images_lib.load_image_dataset(
                 data.name, "test", data.source, data.dir or None,
                 limit=limit(data.eval_limit))
-        if config.optim.batch_size > len(self.train_ds):
+        if config.optim.batch_size > len(self.train_split):
             raise ValueError(
                 f"optim.batch_size={config.optim.batch_size} exceeds the "
-                f"{len(self.train_ds)} training examples")
-        num_classes = model_cfg.num_classes or self.train_ds.num_classes
+                f"{len(self.train_split)} training examples")
+        num_classes = model_cfg.num_classes or self.train_split.num_classes
         self.model = models.create_cnn(
             model_cfg.name, num_classes, model_cfg.width, model_cfg.dtype,
             bn_scale_init=model_cfg.get("bn_scale_init", 1.0))
@@ -79,7 +78,7 @@ class ImageTask:
         self.selector = selectors_lib.batchnorm_selector()
         self.batch_size = config.optim.batch_size
         self.eval_batch_size = config.optim.eval_batch_size
-        self.steps_per_epoch = pipeline.steps_per_epoch(len(self.train_ds),
+        self.steps_per_epoch = pipeline.steps_per_epoch(len(self.train_split),
                                                         self.batch_size)
         self._scheme = data.normalization
         self._dtype = models.DTYPES[model_cfg.dtype]
@@ -87,29 +86,14 @@ class ImageTask:
         self._init = jax.jit(functools.partial(self.model.init, train=False))
 
     @property
-    def num_train_examples(self) -> int:
-        """Images in the training split (after ``data.train_limit``)."""
-        return len(self.train_ds)
-
-    @property
-    def num_eval_examples(self) -> int:
-        """Images in the evaluation split (after ``data.eval_limit``)."""
-        return len(self.eval_ds)
-
-    @property
     def num_classes(self) -> int:
         """The CNN's classifier outputs."""
         return self.model.num_classes
 
     @property
-    def chance_accuracy(self) -> float | None:
-        """Eval accuracy of always predicting the most frequent class (divergence)."""
-        return divergence.chance_accuracy(self.eval_ds.labels)
-
-    @property
     def input_shape(self):
         """One input example, batch axis first: (1, H, W, C)."""
-        return (1,) + self.train_ds.images.shape[1:]
+        return (1,) + self.train_split.images.shape[1:]
 
     def init_variables(self, seed: int):
         """The initial variables: random from ``seed``, or imported weights."""
@@ -131,13 +115,13 @@ class ImageTask:
 
     def train_batches(self, seed: int, epoch: int, start_step: int = 0):
         """The shuffled (and, if configured, augmented) batches of ``epoch``."""
-        return pipeline.train_batches(self.train_ds, self.batch_size, seed=seed,
+        return pipeline.train_batches(self.train_split, self.batch_size, seed=seed,
                                       epoch=epoch, augment=self.config.data.augment,
                                       start_step=start_step)
 
     def eval_batches(self):
         """Every evaluation image once, the last batch padded with a 0/1 ``mask``."""
-        return pipeline.eval_batches(self.eval_ds, self.eval_batch_size)
+        return pipeline.eval_batches(self.eval_split, self.eval_batch_size)
 
     def warmup_batches(self) -> dict[str, list[dict]]:
         """One batch of each shape the steps see: the first train and eval batches."""

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Mapping, NamedTuple, Protocol, Sequence, runtime_checkable
 
-__all__ = ["ForwardFlops", "Task", "CompactableTask"]
+from wormjax.pipeline import divergence
+
+__all__ = ["ForwardFlops", "Task", "CompactableTask", "SplitMembers"]
 
 Batch = Mapping[str, Any]  # host numpy arrays, one fixed shape per bucket
 
@@ -85,3 +87,28 @@ class CompactableTask(Task, Protocol):
 
     def compact_model(self, channels: Sequence[int]):
         """The task's model narrowed to explicit per-BatchNorm channel counts."""
+
+
+class SplitMembers:
+    """The ``Task`` members a task derives from its two splits alone.
+
+    A task sets ``train_split`` and ``eval_split`` (sized, with ``labels``).
+    """
+
+    train_split: Any
+    eval_split: Any
+
+    @property
+    def num_train_examples(self) -> int:
+        """Examples in the training split (after ``data.train_limit``)."""
+        return len(self.train_split)
+
+    @property
+    def num_eval_examples(self) -> int:
+        """Examples in the evaluation split (after ``data.eval_limit``)."""
+        return len(self.eval_split)
+
+    @property
+    def chance_accuracy(self) -> float | None:
+        """Eval accuracy of always predicting the most frequent class (divergence)."""
+        return divergence.chance_accuracy(self.eval_split.labels)

@@ -25,7 +25,6 @@ from wormjax.data import text as text_lib
 from wormjax.models import forwards
 from wormjax.models import hf_import
 from wormjax.pipeline import config_checks
-from wormjax.pipeline import divergence
 from wormjax.pipeline import task as task_lib
 
 __all__ = ["TextTask"]
@@ -35,7 +34,7 @@ _DIR_HINT = ("pass --config.data.dir=/path/to/glue (the folder holding SST-2/, M
 _FLOP_BATCH = 8  # the batch FLOPs are counted at, then divided by
 
 
-class TextTask:
+class TextTask(task_lib.SplitMembers):
     """BERT sequence classifier + a GLUE task, built from ``config.model`` and ``config.data``."""
 
     kind = "text"
@@ -91,14 +90,14 @@ class TextTask:
         train = glue_lib.load_glue(self.name, "train", data.source, data_dir)
         tokenizer = text_lib.load_tokenizer(self.checkpoint_dir)
         max_seq_len = int(data.max_seq_len)
-        self.train_data = text_lib.encode_subset(
+        self.train_split = text_lib.encode_subset(
             tokenizer, train, text_lib.subset_indices(len(train), data.train_limit, 0),
             max_seq_len)
         if data.eval_split == "train":  # the authors' protocol
-            self.eval_data = self.train_data
+            self.eval_split = self.train_split
         else:
             dev = glue_lib.load_glue(self.name, "dev", data.source, data_dir)
-            self.eval_data = text_lib.encode_subset(
+            self.eval_split = text_lib.encode_subset(
                 tokenizer, dev, text_lib.subset_indices(len(dev), data.eval_limit, 1),
                 max_seq_len)
         self.boundaries = text_lib.bucket_boundaries(
@@ -107,13 +106,13 @@ class TextTask:
         self.eval_batch_size = config.optim.eval_batch_size
         # Buckets keep their members across epochs and drop their partial last
         # batch, so the number of batches is the same in every epoch.
-        plan = text_lib.text_batch_plan(self.train_data, self.batch_size, seed=config.seed,
+        plan = text_lib.text_batch_plan(self.train_split, self.batch_size, seed=config.seed,
                                         epoch=0, boundaries=self.boundaries)
         self.steps_per_epoch = len(plan)
         if self.steps_per_epoch == 0:
             raise ValueError(
                 f"optim.batch_size={self.batch_size} leaves no full batch in any length "
-                f"bucket {self.boundaries} of the {len(self.train_data)} training "
+                f"bucket {self.boundaries} of the {len(self.train_split)} training "
                 "examples; lower the batch size or raise data.train_limit")
         # Batches per bucket length: the same in every epoch (see above).
         self.train_batches_per_length = dict(sorted(
@@ -140,24 +139,9 @@ class TextTask:
             include_value=bool(config.search.get("include_value", False)))
 
     @property
-    def num_train_examples(self) -> int:
-        """Examples in the training split (after ``data.train_limit``)."""
-        return len(self.train_data)
-
-    @property
-    def num_eval_examples(self) -> int:
-        """Examples in the evaluation split (after ``data.eval_limit``)."""
-        return len(self.eval_data)
-
-    @property
     def num_classes(self) -> int:
         """The classifier's outputs (the head's labels)."""
         return self.model.num_labels
-
-    @property
-    def chance_accuracy(self) -> float | None:
-        """Eval accuracy of always predicting the most frequent class (divergence)."""
-        return divergence.chance_accuracy(self.eval_data.labels)
 
     def _params_for_seed(self, seed: int):
         if seed not in self._host_params:
@@ -209,13 +193,13 @@ class TextTask:
         Returns:
           An iterator of dicts of int32 arrays, [batch_size, bucket length].
         """
-        return text_lib.text_batches(self.train_data, self.batch_size, seed=seed,
+        return text_lib.text_batches(self.train_split, self.batch_size, seed=seed,
                                      epoch=epoch, shuffle=True, start_step=start_step,
                                      boundaries=self.boundaries)
 
     def eval_batches(self):
         """Every evaluation example once, in bucket order, with a 0/1 ``mask``."""
-        return text_lib.text_batches(self.eval_data, self.eval_batch_size, shuffle=False,
+        return text_lib.text_batches(self.eval_split, self.eval_batch_size, shuffle=False,
                                      boundaries=self.boundaries, drop_remainder=False)
 
     def warmup_batches(self) -> dict[str, list[dict]]:
