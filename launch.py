@@ -18,9 +18,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-# Configs import the shared base as ``configs.base``.
 _ROOT = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, _ROOT)
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)

@@ -19,6 +19,8 @@ import tempfile
 import time
 
 from benchmarks import common
+from benchmarks import machine
+from benchmarks import output
 
 NAME = "compile"
 MIN_ROW_SECONDS = 0.25
@@ -79,7 +81,7 @@ def _child(size: str, cache_dir: str = "") -> dict:
         elif column == "backend_compile_s":
             entry["compiles"] += 1
 
-    hwm_start = common.vm_hwm_mb()
+    hwm_start = machine.vm_hwm_mb()
     jax.monitoring.register_event_duration_secs_listener(listen)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as workdir:
@@ -97,8 +99,8 @@ def _child(size: str, cache_dir: str = "") -> dict:
         "runs": [{"variant": r.get("variant"), "times": r.get("times")}
                  for r in payload["runs"]],
         "vm_hwm_after_imports_mb": hwm_start,
-        "vm_hwm_mb": common.vm_hwm_mb(),
-        "ru_maxrss_mb": common.peak_rss_mb(),
+        "vm_hwm_mb": machine.vm_hwm_mb(),
+        "ru_maxrss_mb": machine.peak_rss_mb(),
         "device_peak_bytes": stats.get("peak_bytes_in_use"),
         "device_bytes_limit": stats.get("bytes_limit"),
     }
@@ -131,7 +133,7 @@ def run(size: str = "small") -> dict:
     Returns:
       {"name", "rows", "notes", "environment", "raw"}.
     """
-    env = common.environment()
+    env = machine.environment()
     common.check_size(size)
     raw = _spawn(size)
     with tempfile.TemporaryDirectory() as cache_dir:
@@ -187,7 +189,7 @@ def run(size: str = "small") -> dict:
         f"{_mib(raw['ru_maxrss_mb'])} (Linux carries it over from the parent at fork, "
         f"so it is at least the launching process's size); device memory: {device}.",
     ]
-    return common.result(NAME, rows, notes, env, raw=raw, raw_cache_cold=cold,
+    return output.result(NAME, rows, notes, env, raw=raw, raw_cache_cold=cold,
                          raw_cache_warm=warm,
                          columns=["function", "traces", "compiles", "trace_s", "lower_s",
                                   "backend_compile_s", "total_s", "warm_cache_total_s"])
@@ -196,7 +198,7 @@ def run(size: str = "small") -> dict:
 def main() -> None:
     if len(sys.argv) in (3, 4) and sys.argv[1] == "--child":
         cache_dir = sys.argv[3] if len(sys.argv) == 4 else ""
-        common.child_output(_child(sys.argv[2], cache_dir))
+        output.child_output(_child(sys.argv[2], cache_dir))
         return
     common.cli(run, __doc__.splitlines()[0])
 

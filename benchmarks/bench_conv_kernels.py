@@ -27,6 +27,9 @@ import numpy as np
 
 from benchmarks import bench_conv_layers
 from benchmarks import common
+from benchmarks import machine
+from benchmarks import output
+from benchmarks import timing
 from wormjax.models import common as model_common
 
 NAME = "conv_kernels"
@@ -149,7 +152,7 @@ def _max_rel_diff(a, b) -> float:
 
 
 def _median_ms(fn, reps: int) -> float:
-    return 1e3 * common.summarize(common.repeat(fn, reps, warmup=2))["median"]
+    return 1e3 * timing.summarize(timing.repeat(fn, reps, warmup=2))["median"]
 
 
 def time_shape(shape: ConvShape, batch: int, reps: int, with_torch: bool) -> dict:
@@ -199,7 +202,7 @@ def run(size: str = "small") -> dict:
       {"name", "rows", "notes", "environment"}; PyTorch columns only when torch is
       installed and JAX runs on the CPU (the comparison is of CPU kernels).
     """
-    env = common.environment()
+    env = machine.environment()
     reps = REPS[common.check_size(size)]
     with_torch = TORCH_AVAILABLE and jax.default_backend() == "cpu"
     if with_torch:
@@ -232,7 +235,7 @@ def run(size: str = "small") -> dict:
     for p in PASSES:
         columns += [f"xla_{p}_ms", f"torch_{p}_ms", f"ratio_{p}"]
     columns.append("max_rel_diff")
-    return common.result(NAME, rows, notes, env, columns=columns)
+    return output.result(NAME, rows, notes, env, columns=columns)
 
 
 def main() -> None:

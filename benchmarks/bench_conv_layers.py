@@ -23,6 +23,9 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks import common
+from benchmarks import machine
+from benchmarks import output
+from benchmarks import timing
 from benchmarks import workloads as wl
 from wormjax.models import common as model_common
 from wormjax.models import vgg
@@ -73,14 +76,14 @@ def step_with_and_without(spec, size: str) -> dict:
     plain = wl.build(spec)
     with xla_convs_everywhere():
         plain.compile()  # traced (and compiled) without the small-map rewrite
-    n = common.steps_for_window(common.timed(lambda: library.steps(1)), target)
-    m = common.steps_for_window(common.timed(lambda: plain.steps(1)), target)
-    t_lib, t_plain = common.interleave([lambda: library.steps(n), lambda: plain.steps(m)],
+    n = timing.steps_for_window(timing.timed(lambda: library.steps(1)), target)
+    m = timing.steps_for_window(timing.timed(lambda: plain.steps(1)), target)
+    t_lib, t_plain = timing.interleave([lambda: library.steps(n), lambda: plain.steps(m)],
                                        reps, warmup=0)
-    speed = common.summarize([(b / m) / (a / n) for a, b in zip(t_lib, t_plain)])
+    speed = timing.summarize([(b / m) / (a / n) for a, b in zip(t_lib, t_plain)])
     return {"workload": spec.key, "reps": reps,
-            "xla_everywhere_step_ms": 1e3 * common.summarize(t_plain)["median"] / m,
-            "library_step_ms": 1e3 * common.summarize(t_lib)["median"] / n,
+            "xla_everywhere_step_ms": 1e3 * timing.summarize(t_plain)["median"] / m,
+            "library_step_ms": 1e3 * timing.summarize(t_lib)["median"] / n,
             "speedup": speed["median"], "speedup_q1": speed["q1"], "speedup_q3": speed["q3"]}
 
 
@@ -111,8 +114,8 @@ def time_layer(hw: int, cin: int, cout: int, batch: int, reps: int) -> dict:
     out = {}
     for name, conv in (("xla", conv_xla), ("im2col", conv_im2col)):
         fn = _fwd_bwd(conv)
-        times = common.repeat(lambda: jax.block_until_ready(fn(x, k, g)), reps, warmup=1)
-        out[name] = common.summarize(times)["median"]
+        times = timing.repeat(lambda: jax.block_until_ready(fn(x, k, g)), reps, warmup=1)
+        out[name] = timing.summarize(times)["median"]
     ref, alt = jax.jit(conv_xla)(x, k), jax.jit(conv_im2col)(x, k)
     rel = float(jnp.max(jnp.abs(ref - alt)) / (jnp.max(jnp.abs(ref)) + 1e-30))
     gflop = 3 * 2.0 * batch * hw * hw * cin * cout * 9 / 1e9  # forward + two gradients
@@ -139,7 +142,7 @@ def run(size: str = "small") -> dict:
     Returns:
       {"name", "rows", "notes", "environment"}.
     """
-    env = common.environment()
+    env = machine.environment()
     reps = REPS[common.check_size(size)]
     rows, notes = [], []
     for width, batch in grid(size):
@@ -171,7 +174,7 @@ def run(size: str = "small") -> dict:
         f"({reps} reps after warm-up); gflop counts forward + both gradients; "
         "max_rel_diff: forward outputs of the two forms, max |diff| / max |output|.",
     ]
-    return common.result(NAME, rows, notes, env, train_steps=steps,
+    return output.result(NAME, rows, notes, env, train_steps=steps,
                          columns=["width", "layer", "hw", "cin", "cout", "batch", "xla_ms",
                                   "im2col_ms", "speedup", "xla_gflop_s", "im2col_gflop_s",
                                   "max_rel_diff"])

@@ -20,6 +20,9 @@ import numpy as np
 
 import wormjax
 from benchmarks import common
+from benchmarks import machine
+from benchmarks import output
+from benchmarks import timing
 from benchmarks import workloads as wl
 from wormjax import masks
 from wormjax import models
@@ -94,7 +97,7 @@ def _cases(size: str) -> list[dict]:
 
 def _time_calls(fn, reps: int) -> dict:
     """Per-call seconds of an epoch-end operation (each call is one real use: blocked)."""
-    return common.summarize(common.repeat(lambda: jax.block_until_ready(fn()), reps, warmup=2))
+    return timing.summarize(timing.repeat(lambda: jax.block_until_ready(fn()), reps, warmup=2))
 
 
 def time_update(shapes, kind: str, reps: int, seed: int = 0) -> dict:
@@ -168,7 +171,7 @@ def run(size: str = "small") -> dict:
     Returns:
       {"name", "rows", "notes", "environment"}.
     """
-    env = common.environment()
+    env = machine.environment()
     cnn_reps, bert_reps = REPS[common.check_size(size)]
     rows, notes = [], []
     for case in _cases(size):
@@ -204,7 +207,7 @@ def run(size: str = "small") -> dict:
         f"({big['sort_mask_over_update']:.1f}x the whole update), i.e. the sort would "
         "dominate the update.",
     ]
-    return common.result(NAME, rows, notes, env, columns=list(COLUMNS))
+    return output.result(NAME, rows, notes, env, columns=list(COLUMNS))
 
 
 def main() -> None:

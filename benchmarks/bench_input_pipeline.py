@@ -16,6 +16,9 @@ import time
 import jax
 
 from benchmarks import common
+from benchmarks import machine
+from benchmarks import output
+from benchmarks import timing
 from benchmarks import workloads as wl
 from wormjax.data import glue
 from wormjax.data import images
@@ -84,11 +87,11 @@ def cifar_rows(size: str) -> tuple[list[dict], list[str]]:
                 with pipeline.prefetch_to_device(source, size=2) as prefetched:
                     _, items, seconds = consume(prefetched, steps)
                 fetched.append(items / seconds)
-            rate = common.summarize(fetched)
+            rate = timing.summarize(fetched)
             rows.append({
                 "data": "cifar10", "batch": batch, "augment": augment,
                 "batches_timed": steps, "reps": reps,
-                "host_examples_per_s": common.summarize(raw)["median"],
+                "host_examples_per_s": timing.summarize(raw)["median"],
                 "prefetched_examples_per_s": rate["median"],
                 "prefetched_min": rate["min"], "prefetched_max": rate["max"],
                 "step_examples_per_s": consumer, "step_workload": consumer_name,
@@ -123,14 +126,14 @@ def sst2_rows(size: str) -> tuple[list[dict], list[str]]:
         fetched.append(count * batch / seconds)
         tokens_rate.append(tokens / seconds)
         mean_len.append(tokens / (count * batch))
-    rate = common.summarize(fetched)
+    rate = timing.summarize(fetched)
     row = {
         "data": "sst2", "batch": batch, "augment": False,
         "batches_timed": count, "reps": reps,
         "prefetched_examples_per_s": rate["median"],
         "prefetched_min": rate["min"], "prefetched_max": rate["max"],
-        "prefetched_padded_tokens_per_s": common.summarize(tokens_rate)["median"],
-        "mean_padded_len": common.summarize(mean_len)["median"],
+        "prefetched_padded_tokens_per_s": timing.summarize(tokens_rate)["median"],
+        "mean_padded_len": timing.summarize(mean_len)["median"],
         "step_examples_per_s": consumer, "step_workload": consumer_name,
         "ratio_pipeline_over_step": rate["median"] / consumer,
         "meets_10x": rate["median"] / consumer >= TARGET_RATIO,
@@ -157,7 +160,7 @@ def run(size: str = "small") -> dict:
     Returns:
       {"name", "rows", "notes", "environment"}.
     """
-    env = common.environment()
+    env = machine.environment()
     rows, notes = cifar_rows(common.check_size(size))
     text_rows, text_notes = sst2_rows(size)
     rows += text_rows
@@ -172,7 +175,7 @@ def run(size: str = "small") -> dict:
         "On CPU the pipeline and the step share the same cores, so a ratio here is an "
         "upper bound on the headroom during training.",
     ]
-    return common.result(NAME, rows, notes, env, columns=list(COLUMNS))
+    return output.result(NAME, rows, notes, env, columns=list(COLUMNS))
 
 
 def main() -> None:

@@ -22,6 +22,9 @@ import tempfile
 import jax
 
 from benchmarks import common
+from benchmarks import machine
+from benchmarks import output
+from benchmarks import timing
 from benchmarks import workloads as wl
 
 NAME = "op_profile"
@@ -74,7 +77,7 @@ def profile(spec, steps: int) -> list[dict]:
     work = wl.build(spec)
     work.compile()
     work.steps(2)
-    wall = common.timed(lambda: work.steps(steps)) / steps
+    wall = timing.timed(lambda: work.steps(steps)) / steps
     with tempfile.TemporaryDirectory() as trace_dir:
         jax.profiler.start_trace(trace_dir)
         try:
@@ -109,7 +112,7 @@ def run(size: str = "small") -> dict:
     Returns:
       {"name", "rows", "notes", "environment"}.
     """
-    env = common.environment()
+    env = machine.environment()
     steps = TRACED_STEPS[common.check_size(size)]
     rows = []
     for spec in specs(size):
@@ -126,7 +129,7 @@ def run(size: str = "small") -> dict:
         "most of them the activations and output gradients XLA transposes to "
         "compute each conv's kernel gradient.",
     ]
-    return common.result(NAME, rows, notes, env,
+    return output.result(NAME, rows, notes, env,
                          columns=["workload", "op_kind", "ms_per_step", "per_step",
                                   "share_of_op_time", "wall_step_ms", "busy_cores"])
 

@@ -14,6 +14,9 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks import common
+from benchmarks import machine
+from benchmarks import output
+from benchmarks import timing
 from benchmarks import workloads as wl
 
 NAME = "roofline"
@@ -34,9 +37,9 @@ def measure_peak(size: str) -> dict:
     a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
     b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
     matmul = jax.jit(jnp.matmul)
-    times = common.repeat(lambda: jax.block_until_ready(matmul(a, b)), reps, warmup=2)
+    times = timing.repeat(lambda: jax.block_until_ready(matmul(a, b)), reps, warmup=2)
     best = min(times)
-    return {"n": n, "reps": reps, "best_s": best, "median_s": common.summarize(times)["median"],
+    return {"n": n, "reps": reps, "best_s": best, "median_s": timing.summarize(times)["median"],
             "peak_flops": 2.0 * n ** 3 / best}
 
 
@@ -67,7 +70,7 @@ def run(size: str = "small") -> dict:
     Returns:
       {"name", "rows", "notes", "environment", "peak"}.
     """
-    env = common.environment()
+    env = machine.environment()
     peak = measure_peak(common.check_size(size))
     rows = []
     for spec in specs(size):
@@ -94,7 +97,7 @@ def run(size: str = "small") -> dict:
         "and attention FLOPs, a sanity check of the XLA count.",
         "step_source 'cached': the step time of bench train_step in this process.",
     ]
-    return common.result(NAME, rows, notes, env, peak=peak, columns=list(COLUMNS))
+    return output.result(NAME, rows, notes, env, peak=peak, columns=list(COLUMNS))
 
 
 def main() -> None:

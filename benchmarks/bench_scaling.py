@@ -19,6 +19,9 @@ import subprocess
 import sys
 
 from benchmarks import common
+from benchmarks import machine
+from benchmarks import output
+from benchmarks import timing
 
 _DEVICE_COUNTS = {"tiny": (1, 2), "small": (1, 2, 4), "large": (1, 2, 4)}
 # (model, width, global batch) per size.
@@ -67,9 +70,9 @@ def _worker(num_devices: int, model: str, width: float, batch: int, size: str) -
 
     reps = 5 if size != "tiny" else 2
     steps = 8 if width < 1 else 3
-    samples = [s / steps for s in common.repeat(lambda: window(steps), reps)]
+    samples = [s / steps for s in timing.repeat(lambda: window(steps), reps)]
     return {"devices": num_devices, "batch": batch,
-            "step_ms": common.summarize([1e3 * s for s in samples])}
+            "step_ms": timing.summarize([1e3 * s for s in samples])}
 
 
 def run(size: str) -> dict:
@@ -77,7 +80,7 @@ def run(size: str) -> dict:
     import jax
 
     common.check_size(size)
-    env = common.environment()
+    env = machine.environment()
     on_cpu = jax.default_backend() == "cpu"
     counts = [n for n in _DEVICE_COUNTS[size] if on_cpu or n <= jax.device_count()]
     rows = []
@@ -108,7 +111,7 @@ def run(size: str) -> dict:
              "efficiency > 1 there means the split step keeps more cores busy than "
              "XLA:CPU's own threading does for one device (a CPU-only lever); < 1 is "
              "the overhead of the sharded step (collectives, partitioning)."]
-    return common.result("data_parallel_scaling", rows, notes, env)
+    return output.result("data_parallel_scaling", rows, notes, env)
 
 
 def main() -> None:

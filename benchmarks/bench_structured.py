@@ -2,8 +2,8 @@
 
 For CIFAR VGG-11 and CIFAR ResNet-18 this builds the compact model of a global p = 0.5
 BatchNorm ticket (``wormjax.structured.build_compact``) and times, against the dense
-model, a jitted SGD train step (momentum 0.9, lr 0.01, BN statistics updated) and a
-jitted eval forward. The models are randomly initialised and their BN scales set to
+model, the wormjax train step of ``workloads.cnn_workload`` (SGD momentum 0.9, lr 0.01
+from configs/base.py, BN statistics updated, no WORM transform) and its eval step. The models are randomly initialised and their BN scales set to
 random |N(0, 1)| values: at initialisation every scale is equal and the mask would be
 arbitrary, and trained scales are not available here. The ResNet keeps the union of
 each residual group's masks (see ``wormjax/structured.py``), so it keeps more than half.
@@ -20,8 +20,8 @@ Timings are paired: in one process, after warm-up, dense and compact runs altern
 (order swapped every repetition) and each model's median over repetitions is reported,
 a repetition being the mean of ``--steps`` back-to-back calls.
 
-  python benchmarks/bench_structured.py --size small --out /tmp/structured.json
-  python benchmarks/bench_structured.py --size large --batch 32 128 --channel-multiple 1 8
+  python -m benchmarks.bench_structured --size small --out /tmp/structured.json
+  python -m benchmarks.bench_structured --size large --batch 32 128 --channel-multiple 1 8
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
+from benchmarks import workloads as wl
+from wormjax import costs
 from wormjax import masks
 from wormjax import selectors
 from wormjax import structured
@@ -74,50 +75,23 @@ def random_variables(model, seed: int = 0):
             "batch_stats": stats}
 
 
-def make_steps(model, tx):
-    """Jitted (train step, eval forward) for ``model``."""
-
-    def train(params, stats, opt_state, x, y):
-        def loss_fn(p):
-            logits, updates = model.apply({"params": p, "batch_stats": stats}, x,
-                                          train=True, mutable=["batch_stats"])
-            loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-            return loss, updates["batch_stats"]
-
-        (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), stats, opt_state, loss
-
-    def evaluate(variables, x):
-        return model.apply(variables, x, train=False)
-
-    return jax.jit(train, donate_argnums=(0, 1, 2)), jax.jit(evaluate)
-
-
 class _Timed:
-    """One model's state and step functions, timed call by call."""
+    """One model's workload (``workloads.cnn_workload``), timed call by call."""
 
-    def __init__(self, model, variables, tx, batch):
-        self.train, self.eval = make_steps(model, tx)
-        self.variables = variables
-        self.state = [jax.tree_util.tree_map(jnp.array, variables["params"]),
-                      jax.tree_util.tree_map(jnp.array, variables["batch_stats"]),
-                      tx.init(variables["params"])]
-        self.batch = batch
+    def __init__(self, work):
+        self.work = work
         self.times = {"train": [], "eval": []}
 
     def run(self, kind: str, steps: int, record: bool = True) -> None:
-        x, y = self.batch
         start = time.perf_counter()
-        for _ in range(steps):
-            if kind == "train":
-                *self.state, loss = self.train(*self.state, x, y)
-                out = loss
-            else:
-                out = self.eval(self.variables, x)
-        jax.block_until_ready(out)
+        (self.work.steps if kind == "train" else self.work.evals)(steps)
         if record:
             self.times[kind].append((time.perf_counter() - start) / steps)
+
+
+def _forward_flops(model, variables, shape) -> float:
+    return costs.flops_per_example(lambda v, x: model.apply(v, x, train=False), variables,
+                                   jax.ShapeDtypeStruct(shape, jnp.float32))
 
 
 def bench_one(name: str, width: float, batch_size: int, reps: int, steps: int,
@@ -129,18 +103,19 @@ def bench_one(name: str, width: float, batch_size: int, reps: int, steps: int,
     keep = masks.flat_magnitude_mask(
         masks.flat_magnitudes(layout.representative(variables["params"])), PRUNE_RATIO)
     shape = (batch_size, 32, 32, 3)
-    rs = np.random.RandomState(1)
-    batch = (jnp.asarray(rs.standard_normal(shape), jnp.float32),
-             jnp.asarray(rs.randint(0, 10, batch_size), jnp.int32))
-    tx = optax.sgd(0.01, momentum=0.9)
-    runs = {"dense": _Timed(model, variables, tx, batch)}
-    flops = {"dense": structured.forward_flops(model, variables, shape)}
+
+    def timed(m, v, label):  # SGD from configs/base.py, no WORM: the bare step
+        return _Timed(wl.cnn_workload(m, v, batch_size, key=f"{name} {label}",
+                                      with_truncation=False, seed=1))
+
+    runs = {"dense": timed(model, variables, "dense")}
+    flops = {"dense": _forward_flops(model, variables, shape)}
     infos = {}
     for multiple in multiples:
         compact_model, compact_vars, infos[multiple] = structured.build_compact(
             model, variables, layout, keep, channel_multiple=multiple)
-        runs[multiple] = _Timed(compact_model, compact_vars, tx, batch)
-        flops[multiple] = structured.forward_flops(compact_model, compact_vars, shape)
+        runs[multiple] = timed(compact_model, compact_vars, f"compact x{multiple}")
+        flops[multiple] = _forward_flops(compact_model, compact_vars, shape)
     for timed in runs.values():  # compile and warm up
         for kind in ("train", "eval"):
             timed.run(kind, 2, record=False)
@@ -195,9 +170,10 @@ def markdown(rows: list[dict]) -> str:
 
 def run(size: str) -> dict:
     """The ``run_all`` entry point: every model at the size's widths, batch 32."""
-    from benchmarks import common  # noqa: PLC0415 - the suite's shared helpers
+    from benchmarks import machine  # noqa: PLC0415 - the suite's shared helpers
+    from benchmarks import output  # noqa: PLC0415
 
-    env = common.environment()
+    env = machine.environment()
     widths, reps, steps = SIZES["small" if size == "tiny" else size]
     if size == "tiny":
         reps, steps = 1, 1
@@ -207,7 +183,7 @@ def run(size: str) -> dict:
             rows += bench_one(name, width, 32, reps, steps, (1,))
     notes = [f"Global BN mask at p = {PRUNE_RATIO} on a random init whose BN scales "
              "are |N(0, 1)|; speedup = dense / compact median step time, paired."]
-    return common.result("structured", rows, notes, env)
+    return output.result("structured", rows, notes, env)
 
 
 def main() -> None:

@@ -24,6 +24,9 @@ import jax
 import numpy as np
 
 from benchmarks import common
+from benchmarks import machine
+from benchmarks import output
+from benchmarks import timing
 from benchmarks import workloads as wl
 from wormjax.models import common as model_common
 from wormjax.models import vgg as vgg_lib
@@ -119,7 +122,7 @@ def thread_options(env: dict) -> list[int]:
     waits for its whole time slice, which can make two threads 10x slower than one.
     """
     cores = env["usable_cores"]
-    return [cores, 1] if cores > 1 and common.is_contended(env) else [cores]
+    return [cores, 1] if cores > 1 and machine.is_contended(env) else [cores]
 
 
 def torch_device() -> str | None:
@@ -142,7 +145,7 @@ class TorchStep:
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
         self.spec, self.channels_last = spec, channels_last
-        self.threads = threads or common.usable_cores()
+        self.threads = threads or machine.usable_cores()
         self.device = torch_device() or "cpu"
         if isinstance(spec, wl.CnnSpec):
             self.model = _torch_models()[spec.model](spec.width).to(self.device)
@@ -253,8 +256,8 @@ def specs(size: str) -> list:
 
 def _window(step_fn, target: float) -> tuple[int, Callable[[], None]]:
     """A timed window of about ``target`` seconds for a steps(n) function."""
-    first = common.timed(lambda: step_fn(1))
-    n = common.steps_for_window(first, target)
+    first = timing.timed(lambda: step_fn(1))
+    n = timing.steps_for_window(first, target)
     return n, lambda: step_fn(n)
 
 
@@ -283,7 +286,7 @@ def probe(spec, threads: list[int], probe_steps: int = 2) -> tuple[str, TorchSte
     for name, arm in arms.items():
         arm.steps(1)
         if len(arms) > 1:  # nothing to choose between otherwise
-            seconds[name] = common.timed(lambda: arm.steps(probe_steps)) / probe_steps
+            seconds[name] = timing.timed(lambda: arm.steps(probe_steps)) / probe_steps
         else:
             seconds[name] = None  # JSON null, not NaN
     best = min(seconds, key=lambda k: (seconds[k], k)) if len(arms) > 1 else next(iter(arms))
@@ -307,11 +310,11 @@ def compare(spec, size: str, threads: list[int]) -> dict:
     if min(n_jax, n_torch) == 2:
         # A slow step on either side: both are warm already, and a few rounds pin it.
         warmup, reps = 0, min(reps, 3)
-    t_jax, t_torch = common.interleave([jax_window, torch_window], reps, warmup=warmup)
+    t_jax, t_torch = timing.interleave([jax_window, torch_window], reps, warmup=warmup)
     per_jax = [t / n_jax for t in t_jax]
     per_torch = [t / n_torch for t in t_torch]
-    ratio = common.ratio_stats(per_torch, per_jax)
-    jax_s, torch_s = common.summarize(per_jax)["median"], common.summarize(per_torch)["median"]
+    ratio = timing.ratio_stats(per_torch, per_jax)
+    jax_s, torch_s = timing.summarize(per_jax)["median"], timing.summarize(per_torch)["median"]
     jax_params = sum(int(np.prod(x.shape)) for x in
                      jax.tree_util.tree_leaves(work.state.params))
     unit = work.unit
@@ -365,12 +368,12 @@ def run(size: str = "small") -> dict:
     Returns:
       {"name", "rows", "notes", "environment"}; rows empty when torch is missing.
     """
-    env = common.environment()
+    env = machine.environment()
     if not TORCH_AVAILABLE:
-        return common.result(NAME, [], ["SKIPPED: torch is not installed "
+        return output.result(NAME, [], ["SKIPPED: torch is not installed "
                                          "(pip install 'wormjax[torch]')."], env)
     if torch_device() is None:
-        return common.result(NAME, [], [f"SKIPPED: JAX runs on {jax.default_backend()} "
+        return output.result(NAME, [], [f"SKIPPED: JAX runs on {jax.default_backend()} "
                                          "and this torch build cannot use that device."], env)
     cores = env["usable_cores"]
     notes = [f"torch {torch.__version__} on {torch_device()}, OMP_WAIT_POLICY="
@@ -403,12 +406,12 @@ def run(size: str = "small") -> dict:
         "(speed does not depend on the values), dropout on, default attention kernel "
         "(column torch_attention in the JSON).",
     ]
-    return common.result(NAME, rows, notes, env, columns=list(COLUMNS))
+    return output.result(NAME, rows, notes, env, columns=list(COLUMNS))
 
 
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == _CHILD_FLAG:
-        common.child_output(_rows(sys.argv[2], 1, []))
+        output.child_output(_rows(sys.argv[2], 1, []))
         return
     common.cli(run, __doc__.splitlines()[0])
 

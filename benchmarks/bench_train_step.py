@@ -12,6 +12,8 @@ from __future__ import annotations
 import jax
 
 from benchmarks import common
+from benchmarks import machine
+from benchmarks import output
 from benchmarks import workloads as wl
 
 NAME = "train_step"
@@ -52,7 +54,7 @@ def run(size: str = "small") -> dict:
     Returns:
       {"name", "rows", "notes", "environment"}; one row per workload.
     """
-    env = common.environment()
+    env = machine.environment()
     rows = []
     for spec in specs(size):
         rows.append(wl.measure(spec, size))
@@ -74,7 +76,7 @@ def run(size: str = "small") -> dict:
         "(XLA's conv takes a slow path there; see bench conv_layers); every other "
         "conv is XLA's (bench conv_kernels compares them with PyTorch's, pass by pass).",
     ]
-    return common.result(NAME, rows, notes, env, columns=list(COLUMNS))
+    return output.result(NAME, rows, notes, env, columns=list(COLUMNS))
 
 
 def main() -> None:

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 from benchmarks import bench_torch
 from benchmarks import common
+from benchmarks import machine
+from benchmarks import output
+from benchmarks import timing
 from benchmarks import workloads as wl
 
 NAME = "worm_overhead"
@@ -50,7 +53,7 @@ def _ratios(on: list[float], off: list[float]) -> dict:
     On a contended machine the fastest window of each arm is the least disturbed
     one, so min/min is a second, spike-robust estimate next to the paired median.
     """
-    stats = common.ratio_stats(on, off)
+    stats = timing.ratio_stats(on, off)
     stats["min_over_min"] = min(on) / min(off)
     return stats
 
@@ -59,8 +62,8 @@ def _truncation_fields(t_plain: list[float], t_truncated: list[float], n: int) -
     """The row fields both frameworks share: step times and the truncated/plain ratio."""
     ratio = _ratios(t_truncated, t_plain)
     return {
-        "plain_step_ms": 1e3 * common.summarize(t_plain)["median"] / n,
-        "truncated_step_ms": 1e3 * common.summarize(t_truncated)["median"] / n,
+        "plain_step_ms": 1e3 * timing.summarize(t_plain)["median"] / n,
+        "truncated_step_ms": 1e3 * timing.summarize(t_truncated)["median"] / n,
         "ratio_truncated_over_plain": ratio["median"],
         "ratio_q1": ratio["q1"], "ratio_q3": ratio["q3"],
         "ratio_min": ratio["min"], "ratio_max": ratio["max"],
@@ -75,8 +78,8 @@ def wormjax_row(spec, size: str) -> dict:
     work.compile()  # also runs the active truncation and checks: no recompilation
     bare = wl.build(spec, with_truncation=False)
     bare.compile()
-    n = common.steps_for_window(common.timed(lambda: work.steps(1)), target)
-    t_bare, t_off, t_on = common.interleave(
+    n = timing.steps_for_window(timing.timed(lambda: work.steps(1)), target)
+    t_bare, t_off, t_on = timing.interleave(
         [lambda: bare.steps(n), lambda: work.steps(n, work.inactive),
          lambda: work.steps(n, work.active)], reps, warmup=1)
     active = _truncation_fields(t_off, t_on, n)
@@ -98,10 +101,10 @@ def torch_row(spec, size: str, threads: list[int]) -> dict:
     """Interleaved windows with and without the authors' truncation loop."""
     target, reps = WINDOW_S[size], _reps(spec, size)
     step = bench_torch.fastest(spec, threads)
-    n = common.steps_for_window(common.timed(lambda: step.steps(1)), target)
-    t_off, t_on = common.paired(lambda: step.steps(n), lambda: step.steps(n, truncate=True),
+    n = timing.steps_for_window(timing.timed(lambda: step.steps(1)), target)
+    t_off, t_on = timing.paired(lambda: step.steps(n), lambda: step.steps(n, truncate=True),
                                 reps, warmup=1)
-    loop_ms = common.summarize([1e3 * (a - b) / n for a, b in zip(t_on, t_off)])
+    loop_ms = timing.summarize([1e3 * (a - b) / n for a, b in zip(t_on, t_off)])
     variant = ("channels_last" if step.channels_last else "nchw") \
         if isinstance(spec, wl.CnnSpec) else "default"
     return {
@@ -128,7 +131,7 @@ def run(size: str = "small") -> dict:
     Returns:
       {"name", "rows", "notes", "environment"}; wormjax and torch rows per workload.
     """
-    env = common.environment()
+    env = machine.environment()
     rows, notes = [], []
     for spec in specs(size):
         rows.append(wormjax_row(spec, size))
@@ -166,7 +169,7 @@ def run(size: str = "small") -> dict:
         f"Targets: wormjax truncated/plain <= {TARGETS['cnn']} (CNN), "
         f"<= {TARGETS['bert']} (BERT).",
     ]
-    return common.result(NAME, rows, notes, env, columns=list(COLUMNS))
+    return output.result(NAME, rows, notes, env, columns=list(COLUMNS))
 
 
 def main() -> None:

@@ -17,6 +17,8 @@ import sys
 import jax
 
 from benchmarks import common
+from benchmarks import machine
+from benchmarks import output
 from benchmarks import workloads as wl
 
 NAME = "xla_flags"
@@ -63,10 +65,10 @@ def run(size: str = "small") -> dict:
     Returns:
       {"name", "rows", "notes", "environment"}; skipped on accelerators (CPU flags).
     """
-    env = common.environment()
+    env = machine.environment()
     common.check_size(size)
     if jax.default_backend() != "cpu":
-        return common.result(NAME, [], ["SKIPPED: these are XLA:CPU flags; the default "
+        return output.result(NAME, [], ["SKIPPED: these are XLA:CPU flags; the default "
                                         f"backend is {jax.default_backend()}."], env)
     before = _measure(size, "")
     results = {name: _measure(size, flags) for name, flags in FLAG_SETS.items()}
@@ -94,14 +96,14 @@ def run(size: str = "small") -> dict:
         "the noise floor of this comparison (not interleaved: flags need a process).",
         "speedup_vs_baseline > 1: faster with the flags.",
     ]
-    return common.result(NAME, rows, notes, env,
+    return output.result(NAME, rows, notes, env,
                          columns=["flags", "workload", "step_ms", "speedup_vs_baseline",
                                   "baseline_spread_pct", "error"])
 
 
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == _CHILD_FLAG:
-        common.child_output(_child(sys.argv[2]))
+        output.child_output(_child(sys.argv[2]))
         return
     common.cli(run, __doc__.splitlines()[0])
 

@@ -20,6 +20,8 @@ import time
 import traceback
 
 from benchmarks import common
+from benchmarks import machine
+from benchmarks import output
 
 # Built-in order (the step cache is filled first); other bench_*.py modules follow.
 ORDER = ("train_step", "torch", "worm_overhead", "eb_update", "input_pipeline",
@@ -70,15 +72,15 @@ def render(results: list[dict], size: str, env: dict, started: str) -> str:
         f"- XLA_FLAGS: '{env['xla_flags']}'; load average at start {env['load_average']}; "
         f"cores busy with other processes at start {env.get('others_busy_cores')}",
         f"- Started {started}; peak host RSS of the whole run "
-        f"{common.peak_rss_mb():,.0f} MiB",
+        f"{machine.peak_rss_mb():,.0f} MiB",
         f"- Command: python -m benchmarks.run_all --size {size}",
         "",
     ]
-    warning = common.contention_note(env)
+    warning = machine.contention_note(env)
     if warning:
         lines += [f"**{warning}**", ""]
     for res in results:
-        lines.append(common.to_markdown(res).rstrip())
+        lines.append(output.to_markdown(res).rstrip())
         lines += ["", f"_({res['name']}: {res['seconds']:.0f} s)_", ""]
     return "\n".join(lines)
 
@@ -98,16 +100,16 @@ def main() -> None:
         if unknown:
             parser.error(f"unknown bench(es) {unknown}; available: {names}")
         names = [n for n in names if n in wanted]
-    env = common.environment()
+    env = machine.environment()
     started = env["timestamp"]
     results = []
     for name in names:
         print(f"[run_all] {name} ({args.size}) ...", flush=True)
         res = run_one(name, args.size)
         results.append(res)
-        print(common.to_markdown(res), flush=True)
+        print(output.to_markdown(res), flush=True)
         print(f"[run_all] {name} done in {res['seconds']:.0f} s", flush=True)
-        common.write_json(os.path.join(args.out, "results.json"),
+        output.write_json(os.path.join(args.out, "results.json"),
                           {"size": args.size, "environment": env, "results": results})
         with open(os.path.join(args.out, "results.md"), "w", encoding="utf-8") as f:
             f.write(render(results, args.size, env, started))

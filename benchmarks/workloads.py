@@ -18,13 +18,15 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from benchmarks import common
+from benchmarks import timing
+from wormjax import costs
 from wormjax import models
 from wormjax import selectors
 from wormjax import truncation as truncation_lib
 from wormjax.models import bert as bert_lib
+from wormjax.models import forwards
 from wormjax.models import hf_import
 from wormjax.pipeline import state as state_lib
 from wormjax.pipeline import steps as steps_lib
@@ -40,6 +42,10 @@ _MINILM_SHAPE = dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=1
 WINDOWS = {"tiny": (0.2, 2), "small": (1.0, 5), "large": (3.0, 7)}
 
 
+def _dtype_suffix(dtype: str) -> str:
+    return "" if dtype == "float32" else f" {dtype}"
+
+
 @dataclasses.dataclass(frozen=True)
 class CnnSpec:
     """A CIFAR CNN train step: model name, width multiplier and batch size."""
@@ -48,15 +54,12 @@ class CnnSpec:
     width: float
     batch: int
     dtype: str = "float32"  # compute dtype; parameters stay float32
+    kind = "cnn"  # a class constant, not a field
 
     @property
     def key(self) -> str:
-        suffix = "" if self.dtype == "float32" else f" {self.dtype}"
-        return f"{self.model} w{self.width:g} b{self.batch}{suffix}"
-
-    @property
-    def kind(self) -> str:
-        return "cnn"
+        """The workload's name in results and in ``common.STEP_CACHE``."""
+        return f"{self.model} w{self.width:g} b{self.batch}{_dtype_suffix(self.dtype)}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,20 +70,18 @@ class BertSpec:
     batch: int
     seq_len: int
     dtype: str = "float32"  # compute dtype; parameters stay float32
+    kind = "bert"  # a class constant, not a field
 
     @property
     def key(self) -> str:
-        suffix = "" if self.dtype == "float32" else f" {self.dtype}"
-        return f"{self.model} b{self.batch}x{self.seq_len}{suffix}"
-
-    @property
-    def kind(self) -> str:
-        return "bert"
+        """The workload's name in results and in ``common.STEP_CACHE``."""
+        return (f"{self.model} b{self.batch}x{self.seq_len}"
+                f"{_dtype_suffix(self.dtype)}")
 
 
 def cnn_optim() -> ml_collections.ConfigDict:
     """The paper's CNN recipe from configs/base.py: SGD, lr 0.01, momentum 0.9."""
-    from configs import base  # noqa: PLC0415 - needs the repo root on sys.path
+    from configs import base  # noqa: PLC0415 - configs ship with the project
 
     return base.get_config().optim
 
@@ -136,19 +137,6 @@ def bert_model(name: str, seed: int = 0, dtype: str = "float32"):
     return model, {"params": variables["params"]}, "random weights"
 
 
-def bert_forward(model):
-    """The forward ``make_steps`` expects, as wormjax's TextTask writes it."""
-
-    def forward(variables, batch, train, rng):
-        logits = model.apply(
-            {"params": variables["params"]}, batch["input_ids"], batch["attention_mask"],
-            batch["token_type_ids"], deterministic=not train,
-            rngs={"dropout": rng} if train else None)
-        return logits, variables.get("batch_stats", {})
-
-    return forward
-
-
 def bert_train_flops(config: bert_lib.BertConfig, batch: int, seq_len: int) -> float:
     """Analytic FLOPs of one BERT train step (3x forward: matmuls and attention).
 
@@ -161,15 +149,6 @@ def bert_train_flops(config: bert_lib.BertConfig, batch: int, seq_len: int) -> f
     return 3.0 * per_token * batch * seq_len
 
 
-def _bare_optimizer(optim) -> optax.GradientTransformationExtraArgs:
-    """make_optimizer's chain without the WORM transform (same core, same settings)."""
-    if optim.name == "sgd":
-        core = optax.sgd(optim.learning_rate, momentum=optim.momentum or None)
-    else:
-        core = optax.adamw(optim.learning_rate, weight_decay=optim.weight_decay)
-    return optax.with_extra_args_support(core)
-
-
 class StepWorkload:
     """One compiled wormjax train step, its state and fixed device batches."""
 
@@ -179,10 +158,9 @@ class StepWorkload:
         self.spec, self.unit, self.items_per_step = spec, unit, items_per_step
         self.weights = weights
         self.counter = steps_lib.CompileCounter()
-        if with_truncation:
-            tx = state_lib.make_optimizer(optim, selector, total_steps=total_steps)
-        else:
-            tx = _bare_optimizer(optim)
+        # The bare arm is the same chain (schedule, decay, clipping) without WORM.
+        tx = state_lib.make_optimizer(optim, selector, total_steps=total_steps,
+                                      with_truncation=with_truncation)
         self.fns = steps_lib.make_steps(forward, tx, self.counter)
         self.layout = selector(variables["params"])
         self.state = state_lib.create_train_state(variables, tx, seed=0)
@@ -195,6 +173,7 @@ class StepWorkload:
             keep=jnp.asarray(keep), ratio=jnp.asarray(TRUNCATION_RATIO, jnp.float32),
             active=jnp.asarray(True))
         self._i = 0
+        self._eval_batches = None
 
     def steps(self, num_steps: int, truncation=None) -> None:
         """Runs ``num_steps`` train steps and waits for the last one (one sync)."""
@@ -205,6 +184,17 @@ class StepWorkload:
             self._i += 1
             state, acc = self.fns.train(state, batch, truncation, acc)
         self.state, self.acc = jax.block_until_ready((state, acc))
+
+    def evals(self, num_steps: int) -> None:
+        """Runs ``num_steps`` eval steps on the current state and waits for the last one."""
+        if self._eval_batches is None:  # eval batches weight examples by a 0/1 mask
+            self._eval_batches = [dict(b, mask=jnp.ones(b["label"].shape, jnp.float32))
+                                  for b in self.batches]
+        acc = steps_lib.zero_metrics()
+        for i in range(num_steps):
+            acc = self.fns.eval(self.state.params, self.state.batch_stats,
+                                self._eval_batches[i % len(self._eval_batches)], acc)
+        jax.block_until_ready(acc)
 
     def compile(self) -> float:
         """Seconds of the first step (trace + compile + one run), for both truncations."""
@@ -218,11 +208,33 @@ class StepWorkload:
 
     def xla_flops(self) -> float:
         """FLOPs of one step from XLA's cost analysis of the compiled executable."""
-        lowered = self.fns.train.lower(self.state, self.batches[0], self.inactive, self.acc)
-        cost = lowered.compile().cost_analysis()
-        if isinstance(cost, (list, tuple)):
-            cost = cost[0] if cost else {}
-        return float((cost or {}).get("flops", float("nan")))
+        return costs.xla_flops(self.fns.train, self.state, self.batches[0], self.inactive,
+                               self.acc)
+
+
+def cnn_workload(model, variables, batch: int, *, key: str, with_truncation: bool = True,
+                 seed: int = 0, num_classes: int = 10) -> StepWorkload:
+    """The wormjax step of any library CNN and its variables (a compact model too).
+
+    Batches are random float CIFAR-shaped images, fed to the model as they are.
+
+    Args:
+      model: the linen CNN.
+      variables: its variables (host or device arrays).
+      batch: images per step.
+      key: the workload's name in results.
+      with_truncation: the wormjax chain (True) or the same optimizer without WORM.
+      seed: batch contents.
+      num_classes: the label range.
+    """
+    rng = np.random.default_rng(seed)
+    batches = [{"image": rng.standard_normal((batch, 32, 32, 3)).astype(np.float32),
+                "label": rng.integers(0, num_classes, (batch,)).astype(np.int32)}
+               for _ in range(2)]
+    return StepWorkload(key, forwards.cnn_forward(model),
+                        jax.tree_util.tree_map(jnp.asarray, variables), cnn_optim(),
+                        selectors.batchnorm_selector(), batches, items_per_step=batch,
+                        unit="images", with_truncation=with_truncation)
 
 
 def build(spec, *, with_truncation: bool = True, seed: int = 0) -> StepWorkload:
@@ -252,7 +264,7 @@ def build(spec, *, with_truncation: bool = True, seed: int = 0) -> StepWorkload:
                 "token_type_ids": np.zeros(shape, np.int32),
                 "attention_mask": np.ones(shape, np.int32),
                 "label": rng.integers(0, 2, (spec.batch,), np.int32)} for _ in range(2)]
-    return StepWorkload(spec, bert_forward(model), variables, bert_optim(),
+    return StepWorkload(spec, forwards.bert_forward(model), variables, bert_optim(),
                         selectors.attention_selector(), batches,
                         items_per_step=spec.batch * spec.seq_len, unit="tokens",
                         with_truncation=with_truncation, total_steps=10_000,
@@ -272,16 +284,16 @@ def measure(spec, size: str) -> dict:
     target, reps = WINDOWS[common.check_size(size)]
     work = build(spec)
     compile_s = work.compile()
-    first = common.timed(lambda: work.steps(1))
-    steps = common.steps_for_window(first, target)
+    first = timing.timed(lambda: work.steps(1))
+    steps = timing.steps_for_window(first, target)
     if first > target:
         # Multi-second steps: compile() and `first` already warmed up three steps, and
         # a few two-step windows pin the median well enough.
         warmup, reps = 0, min(reps, 3)
     else:
         warmup = 1
-    times = common.repeat(lambda: work.steps(steps), reps, warmup=warmup)
-    per_step = common.summarize([t / steps for t in times])
+    times = timing.repeat(lambda: work.steps(steps), reps, warmup=warmup)
+    per_step = timing.summarize([t / steps for t in times])
     row = {
         "workload": spec.key, "kind": spec.kind, "weights": work.weights,
         "repr_entries": work.layout.num_entries,

@@ -86,9 +86,12 @@ def test_record_ratio_is_the_multiplier_in_effect_and_f1_only_when_given():
 
 
 def test_num_classes_of_cnn_and_bert_heads():
+    from wormjax.pipeline import image_task, text_task  # noqa: PLC0415
+
     cnn = types.SimpleNamespace(model=types.SimpleNamespace(num_classes=10))
     bert = types.SimpleNamespace(model=types.SimpleNamespace(num_labels=2))
-    assert summary_lib.num_classes(cnn) == 10 and summary_lib.num_classes(bert) == 2
+    assert image_task.ImageTask.num_classes.fget(cnn) == 10
+    assert text_task.TextTask.num_classes.fget(bert) == 2
 
 
 def test_progress_bar_off_when_stderr_is_not_a_terminal(monkeypatch):

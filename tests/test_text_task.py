@@ -21,6 +21,7 @@ from wormjax import selectors as selectors_lib
 from wormjax.models import hf_import
 from wormjax.pipeline import run as run_lib
 from wormjax.pipeline import state as state_lib
+from wormjax.data import text as text_lib
 from wormjax.pipeline import text_task
 from wormjax.pipeline import variants as variants_lib
 
@@ -146,12 +147,12 @@ def test_subsets_are_deterministic_and_seed_independent(files, task):
                                                       "seed": 5}))
     assert small.num_train_examples == 64 and small.num_eval_examples == 20
     # The same rows as the full (seed 0) task at the seed-independent indices.
-    picked = text_task.subset_indices(128, 64, 0)
+    picked = text_lib.subset_indices(128, 64, 0)
     for j, i in enumerate(picked):
-        np.testing.assert_array_equal(small.train_data.input_ids[j],
-                                      task.train_data.input_ids[i])
-    np.testing.assert_array_equal(text_task.subset_indices(10, 0), np.arange(10))
-    assert len(set(text_task.subset_indices(100, 30).tolist())) == 30
+        np.testing.assert_array_equal(small.train_split.input_ids[j],
+                                      task.train_split.input_ids[i])
+    np.testing.assert_array_equal(text_lib.subset_indices(10, 0), np.arange(10))
+    assert len(set(text_lib.subset_indices(100, 30).tolist())) == 30
 
 
 def test_initialisation_is_the_checkpoint_with_a_seeded_head(task, files):
@@ -242,15 +243,16 @@ def test_configs_share_the_bert_defaults():
 
 def test_train_flops_are_the_batch_weighted_mean_over_buckets(task):
     variables = task.init_variables(0)
-    by_length = {L: task.forward_flops_per_example(variables, L) for L in BUCKETS}
+    flops = task.forward_flops(variables)
+    by_length = flops.by_length
     assert by_length[BUCKETS[0]] < by_length[BUCKETS[-1]]  # shorter bucket, fewer FLOPs
-    assert task.forward_flops_per_example(variables) == by_length[BUCKETS[-1]]
+    assert flops.longest == by_length[BUCKETS[-1]]
     counts = task.train_batches_per_length
     assert sum(counts.values()) == task.steps_per_epoch and set(counts) == set(BUCKETS)
     lengths = [b["input_ids"].shape[1] for b in task.train_batches(0, 0)]
     assert counts == {L: lengths.count(L) for L in BUCKETS}
     expected = sum(counts[L] * by_length[L] for L in BUCKETS) / task.steps_per_epoch
-    mean = task.train_forward_flops_per_example(variables, by_length[BUCKETS[-1]])
+    mean = flops.train
     assert mean == pytest.approx(expected, rel=1e-12)
     assert by_length[BUCKETS[0]] < mean < by_length[BUCKETS[-1]]
 

@@ -19,6 +19,9 @@ from tokenizers.models import WordPiece
 from wormjax.models import weight_files
 
 _CLS, _SEP, _PAD, _UNK = "[CLS]", "[SEP]", "[PAD]", "[UNK]"
+# The subsets of train_limit / eval_limit do not depend on the run's seed, so every
+# seed of an experiment trains and evaluates on the same examples.
+_SUBSET_SEED = 20240617
 
 
 def _vocab_is_cased(vocab_path: str) -> bool:
@@ -272,3 +275,30 @@ def text_batches(encoded: EncodedText, batch_size: int, *, seed: int = 0, epoch:
         if not drop:
             batch["mask"] = real.astype(np.float32)
         yield batch
+
+
+def subset_indices(num_examples: int, limit: int, salt: int = 0) -> np.ndarray:
+    """A deterministic subset of ``limit`` example indices, in data order.
+
+    Args:
+      num_examples: size of the split.
+      limit: subset size; 0 (or >= num_examples) keeps every example.
+      salt: distinguishes the train and evaluation subsets.
+
+    Returns:
+      Sorted int64 indices.
+    """
+    if not limit or limit >= num_examples:
+        return np.arange(num_examples)
+    rng = np.random.default_rng([_SUBSET_SEED, salt])
+    return np.sort(rng.choice(num_examples, size=limit, replace=False))
+
+
+def encode_subset(tokenizer: tokenizers.Tokenizer, examples, indices: np.ndarray,
+                  max_seq_len: int) -> EncodedText:
+    """Tokenises the examples at ``indices`` of a split (``glue.GlueExamples``)."""
+    pick = lambda texts: [texts[i] for i in indices]  # noqa: E731
+    return encode_texts(
+        tokenizer, pick(examples.text_a),
+        None if examples.text_b is None else pick(examples.text_b),
+        examples.labels[indices], max_seq_len=max_seq_len)

@@ -80,6 +80,24 @@ def _hub_error(name: str, reason: str) -> FileNotFoundError:
         "(wormjax.models.hf_import.minilm_checkpoint_dir() returns its folder).")
 
 
+def looks_like_path(name: str) -> bool:
+    """Says whether a checkpoint name is a local path rather than a Hub id.
+
+    Hub ids are "name" or "org/name"; anything else (or anything that exists) is a path.
+    """
+    return (os.path.exists(name) or name.startswith((".", "/", "~"))
+            or name.count("/") > 1 or "\\" in name)
+
+
+def max_position_embeddings(checkpoint_dir: str) -> int | None:
+    """The longest input a local checkpoint's ``config.json`` allows, or None without one."""
+    path = os.path.join(checkpoint_dir, "config.json")
+    if not os.path.isfile(path):
+        return None
+    return weight_files.read_json(path, "a Hugging Face BERT config.json").get(
+        "max_position_embeddings")
+
+
 def resolve_checkpoint_dir(path_or_hub_id: str, *, revision: str | None = None,
                            cache_dir: str | None = None) -> str:
     """Returns a local checkpoint folder, downloading a Hub id when the Hub is reachable.
@@ -96,8 +114,7 @@ def resolve_checkpoint_dir(path_or_hub_id: str, *, revision: str | None = None,
         return name
     if os.path.exists(name):
         raise NotADirectoryError(f"{name!r} is a file; expected a checkpoint folder")
-    # Hub ids are "name" or "org/name"; anything else is a mistyped local path.
-    if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
+    if looks_like_path(name):  # a mistyped local path, not a Hub id
         raise FileNotFoundError(f"checkpoint folder {name!r} does not exist")
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
     try:

@@ -58,6 +58,7 @@ def tree_digests(tree) -> dict[str, str]:
 
 
 def verify(tree, meta: dict, where: str) -> None:
+    """Raises if a restored tree's leaf digests differ from those saved in ``meta``."""
     expected = meta.get(DIGESTS_KEY)
     if expected is None:  # written before digests existed: nothing to check
         return
@@ -102,6 +103,7 @@ def seal(step_dir: str) -> None:
 
 
 def check_files(step_dir: str) -> None:
+    """Raises if a sealed checkpoint step's files differ from their recorded digests."""
     path = os.path.join(step_dir, FILES_NAME)
     if not os.path.exists(path):  # committed but not sealed (killed at once)
         return

@@ -65,7 +65,7 @@ def build_compact(task, state, layout, keep_flat, pruning_cfg):
         "channels": info["channels"], "bn_channels": info["bn_channels"],
         "floored": info["floored"], "shortcut_rule": info["shortcut_rule"],
         "params_compact": info["params_compact"],
-        "forward_flops_compact": task.forward_flops_per_example(variables, model)}))
+        "forward_flops_compact": task.forward_flops(variables, model).longest}))
     return variables, entry
 
 

@@ -78,6 +78,7 @@ class DataParallel:
 
     @property
     def num_devices(self) -> int:
+        """Devices on the data-parallel mesh, over every host."""
         return self.mesh.devices.size
 
     def replicate(self, tree) -> Any:

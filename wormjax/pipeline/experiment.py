@@ -25,7 +25,6 @@ from wormjax.pipeline import programs as programs_lib
 from wormjax.pipeline import report
 from wormjax.pipeline import run as run_lib
 from wormjax.pipeline import state as state_lib
-from wormjax.pipeline import summary as summary_lib
 from wormjax.pipeline import tables as tables_lib
 from wormjax.pipeline import variants as variants_lib
 from wormjax.pipeline import workdir as workdir_lib
@@ -135,7 +134,7 @@ def _run_locked(config, workdir: str, variants, print_fn) -> dict:
 
     tables = {"comparison": tables_lib.comparison_table(
         summaries, max_retrain_epochs=config.retrain.max_epochs,
-        num_classes=summary_lib.num_classes(task))}
+        num_classes=task.num_classes)}
     if task.kind == "text":  # the paper's Tables IV-VI
         tables["glue"] = tables_lib.glue_table(summaries)
     if any(s["schedule"] == "always" for s in summaries):

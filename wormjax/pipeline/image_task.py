@@ -1,8 +1,8 @@
-"""Image classification task: CIFAR-10 (or the digits demo) with a Flax CNN.
+"""The image task: CIFAR-10 (or the digits demo) wired to a library CNN.
 
-A task gives the run loop everything model- and data-specific: variables at
-initialisation, the forward function, batches and the representative
-selector. The loop itself knows nothing about images.
+It implements ``pipeline.task.CompactableTask``: variables at initialisation,
+the forward (``models.forwards.cnn_apply`` on normalised images), batches and
+the BatchNorm representative selector. The loop itself knows nothing about images.
 """
 
 from __future__ import annotations
@@ -12,30 +12,23 @@ import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from wormjax.pipeline import config_checks
+from wormjax import costs
 from wormjax import models
 from wormjax import selectors as selectors_lib
 from wormjax.data import images as images_lib
 from wormjax.data import pipeline
+from wormjax.models import forwards
 from wormjax.models import torchvision_import
-from wormjax.pipeline import divergence
+from wormjax.pipeline import config_checks
+from wormjax.pipeline import task as task_lib
 
-__all__ = ["ImageTask", "forward_flops"]
+__all__ = ["ImageTask"]
 
-
-def forward_flops(apply_fn, variables, example_batch) -> float:
-    """Forward FLOPs per example from XLA's cost analysis of the eval forward."""
-    compiled = jax.jit(apply_fn).lower(variables, example_batch).compile()
-    cost = compiled.cost_analysis()
-    if isinstance(cost, (list, tuple)):
-        cost = cost[0] if cost else {}
-    flops = float((cost or {}).get("flops", float("nan")))
-    return flops / example_batch.shape[0]
+_FLOP_BATCH = 8  # the batch FLOPs are counted at, then divided by
 
 
-class ImageTask:
+class ImageTask(task_lib.SplitMembers):
     """CNN + image data set, built from ``config.model`` and ``config.data``."""
 
     kind = "image"
@@ -64,20 +57,20 @@ class ImageTask:
         self.validate_config(config)
         self.config = config
         limit = lambda n: int(n) if n else None  # noqa: E731 - 0 means all
-        self.train_ds = images_lib.load_image_dataset(
+        self.train_split = images_lib.load_image_dataset(
             data.name, "train", data.source, data.dir or None,
             limit=limit(data.train_limit))
         if data.eval_split == "train":
-            self.eval_ds = self.train_ds
+            self.eval_split = self.train_split
         else:
-            self.eval_ds = images_lib.load_image_dataset(
+            self.eval_split = images_lib.load_image_dataset(
                 data.name, "test", data.source, data.dir or None,
                 limit=limit(data.eval_limit))
-        if config.optim.batch_size > len(self.train_ds):
+        if config.optim.batch_size > len(self.train_split):
             raise ValueError(
                 f"optim.batch_size={config.optim.batch_size} exceeds the "
-                f"{len(self.train_ds)} training examples")
-        num_classes = model_cfg.num_classes or self.train_ds.num_classes
+                f"{len(self.train_split)} training examples")
+        num_classes = model_cfg.num_classes or self.train_split.num_classes
         self.model = models.create_cnn(
             model_cfg.name, num_classes, model_cfg.width, model_cfg.dtype,
             bn_scale_init=model_cfg.get("bn_scale_init", 1.0))
@@ -85,7 +78,7 @@ class ImageTask:
         self.selector = selectors_lib.batchnorm_selector()
         self.batch_size = config.optim.batch_size
         self.eval_batch_size = config.optim.eval_batch_size
-        self.steps_per_epoch = pipeline.steps_per_epoch(len(self.train_ds),
+        self.steps_per_epoch = pipeline.steps_per_epoch(len(self.train_split),
                                                         self.batch_size)
         self._scheme = data.normalization
         self._dtype = models.DTYPES[model_cfg.dtype]
@@ -93,21 +86,14 @@ class ImageTask:
         self._init = jax.jit(functools.partial(self.model.init, train=False))
 
     @property
-    def num_train_examples(self) -> int:
-        return len(self.train_ds)
-
-    @property
-    def num_eval_examples(self) -> int:
-        return len(self.eval_ds)
-
-    @property
-    def chance_accuracy(self) -> float | None:
-        """Eval accuracy of always predicting the most frequent class (divergence)."""
-        return divergence.chance_accuracy(self.eval_ds.labels)
+    def num_classes(self) -> int:
+        """The CNN's classifier outputs."""
+        return self.model.num_classes
 
     @property
     def input_shape(self):
-        return (1,) + self.train_ds.images.shape[1:]
+        """One input example, batch axis first: (1, H, W, C)."""
+        return (1,) + self.train_split.images.shape[1:]
 
     def init_variables(self, seed: int):
         """The initial variables: random from ``seed``, or imported weights."""
@@ -124,43 +110,31 @@ class ImageTask:
     def forward(self, variables, batch, train: bool, rng, model=None):
         """Logits and new BatchNorm statistics; ``model`` replaces the task's own
         (the compact model of structured pruning)."""
-        model = model or self.model
         x = pipeline.normalize(batch["image"], self._scheme, self._dtype)
-        if train:
-            logits, updates = model.apply(
-                variables, x, train=True, mutable=["batch_stats"],
-                rngs={"dropout": rng})
-            return logits, updates["batch_stats"]
-        return model.apply(variables, x, train=False), variables["batch_stats"]
+        return forwards.cnn_apply(model or self.model, variables, x, train, rng)
 
     def train_batches(self, seed: int, epoch: int, start_step: int = 0):
-        return pipeline.train_batches(self.train_ds, self.batch_size, seed=seed,
+        """The shuffled (and, if configured, augmented) batches of ``epoch``."""
+        return pipeline.train_batches(self.train_split, self.batch_size, seed=seed,
                                       epoch=epoch, augment=self.config.data.augment,
                                       start_step=start_step)
 
     def eval_batches(self):
-        return pipeline.eval_batches(self.eval_ds, self.eval_batch_size)
+        """Every evaluation image once, the last batch padded with a 0/1 ``mask``."""
+        return pipeline.eval_batches(self.eval_split, self.eval_batch_size)
 
     def warmup_batches(self) -> dict[str, list[dict]]:
         """One batch of each shape the steps see: the first train and eval batches."""
         return {"train": [next(iter(self.train_batches(self.config.seed, 0)))],
                 "eval": [next(iter(self.eval_batches()))]}
 
-    def forward_flops_per_example(self, variables, model=None) -> float:
-        batch = np.zeros((8,) + self.input_shape[1:], np.uint8)
-        return forward_flops(
+    def forward_flops(self, variables, model=None) -> task_lib.ForwardFlops:
+        """Eval-forward FLOPs per example; every batch has one shape, so one figure."""
+        images = jax.ShapeDtypeStruct((_FLOP_BATCH,) + self.input_shape[1:], jnp.uint8)
+        flops = costs.flops_per_example(
             lambda v, x: self.forward(v, {"image": x}, False, None, model)[0],
-            variables, jnp.asarray(batch))
-
-    def train_forward_flops_per_example(self, variables, longest: float) -> float:
-        """Forward FLOPs per trained example: every batch has one shape, so ``longest``.
-
-        Args:
-          variables: unused (the text task's signature).
-          longest: ``forward_flops_per_example(variables)``.
-        """
-        del variables
-        return longest
+            variables, images)
+        return task_lib.ForwardFlops(longest=flops, train=flops, by_length={})
 
     def compact_model(self, channels):
         """The task's CNN narrowed to explicit per-BatchNorm channel counts."""

@@ -78,7 +78,7 @@ def evaluate(run, model, state) -> dict:
     out = loop.evaluate(model.steps.eval, state.params, state.batch_stats,
                         run.task.eval_batches(), prefetch=run.config.data.prefetch,
                         put_fn=run.parallel.put_batch, replicate=run.parallel.replicate)
-    if summary_lib.num_classes(run.task) != 2:  # class 1 vs the rest means nothing here
+    if run.task.num_classes != 2:  # class 1 vs the rest means nothing here
         out.pop("f1", None)
     return out
 

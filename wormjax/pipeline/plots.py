@@ -18,7 +18,7 @@ matplotlib.use("Agg")  # No display on training machines; must precede pyplot.
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
-__all__ = ["plot_mask_distance", "plot_loss_curves"]
+__all__ = ["plot_mask_distance", "plot_loss_curves", "save_figure"]
 
 _STYLES = ("-", "--", ":", "-.")
 _COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -58,14 +58,22 @@ def _draw(ax, series, color, style, label) -> None:
                 label=label)
 
 
-def _save(fig, ax, path: str, has_data: bool) -> str:
+def save_figure(fig, ax, path: str, has_data: bool, *, dpi: int = 120,
+                title: str | None = None) -> str:
+    """Writes a one-axes figure as PNG (with its legend, or "no data") and closes it.
+
+    Returns:
+      ``path``.
+    """
+    if title is not None:
+        ax.set_title(title, fontsize="medium")
     if not has_data:
         ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
     elif ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="small")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
 
@@ -133,7 +141,7 @@ def plot_mask_distance(records: Iterable[dict], path: str, stop_distance: float 
         ax.axhline(trigger_threshold, color="tab:green", linestyle=":", linewidth=1,
                    label=f"trigger = {trigger_threshold:g}")
     ax.set(xlabel="search epoch", ylabel="mask distance", title="Mask distance trajectory")
-    return _save(fig, ax, path, has_data)
+    return save_figure(fig, ax, path, has_data)
 
 
 def _loss_series(recs: list[dict], phase: str) -> tuple[list[float], list[float]]:
@@ -191,4 +199,4 @@ def plot_loss_curves(records: Iterable[dict], path: str) -> str:
             ax.axvline(offset, color=color, linestyle=":", linewidth=1,
                        label=f"{variant} prune point")
     ax.set(xlabel="training step", ylabel="train loss", title="Loss trajectory")
-    return _save(fig, ax, path, has_data)
+    return save_figure(fig, ax, path, has_data)

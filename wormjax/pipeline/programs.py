@@ -16,8 +16,8 @@ from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from wormjax import costs as costs_lib
 from wormjax import pruning
 from wormjax import quirks
 from wormjax import search as search_lib
@@ -25,6 +25,7 @@ from wormjax.pipeline import recalibration
 from wormjax.pipeline import state as state_lib
 from wormjax.pipeline import steps as steps_lib
 from wormjax.pipeline import variants as variants_lib
+from wormjax.pipeline.task import Task
 
 __all__ = ["Costs", "Programs", "build_programs", "warm_up"]
 
@@ -49,6 +50,8 @@ class Programs:
     txs: Mapping[str, Any]  # placement -> optimizer
     steps: Mapping[str, steps_lib.StepFns]  # placement -> dense model's steps
     searches: Mapping[search_lib.EarlyBirdConfig, search_lib.EarlyBirdSearch]
+    # search config -> its public ``update``, jitted once more around a trace counter
+    eb_updates: Mapping[search_lib.EarlyBirdConfig, Callable]
     prune: Callable  # (params, keep_flat) -> (pruning.Pruned, nonzero count)
     recalibrate: Callable  # fresh BatchNorm statistics of the dense model
     costs: Costs
@@ -58,16 +61,24 @@ class Programs:
 
     def eb_update(self, search_config, eb, params):
         """The epoch-end Early-Bird update of ``search_config`` on ``params``."""
-        rep = self.layout.representative(params)
-        if self.counted is None:
-            return self.searches[search_config].update(eb, rep)
-        return self.searches[search_config].update(eb, rep, self.counted)
+        # ``counted`` (search.authors_qk_mask_bug) is an argument: one compile.
+        return self.eb_updates[search_config](eb, self.layout.representative(params),
+                                              self.counted)
 
     def compile_counts(self) -> dict[str, int]:
         """Compilations so far, by program name."""
         counts = dict(self.counter.counts)
-        counts["eb_update"] = sum(s.update._cache_size() for s in self.searches.values())
+        counts.setdefault("eb_update", 0)
         return counts
+
+
+def _counted_update(search: search_lib.EarlyBirdSearch, counter) -> Callable:
+    # The public update, inlined in a jit of its own so that the counter sees
+    # each compilation (one per input shape), as it does for every other program.
+    def update(eb, representative, counted=None):
+        counter.hit("eb_update")
+        return search.update(eb, representative, counted)
+    return jax.jit(update)
 
 
 def _prune_program(config, task, layout, counter) -> Callable:
@@ -82,10 +93,12 @@ def _prune_program(config, task, layout, counter) -> Callable:
     return jax.jit(prune)
 
 
-def build_programs(config, task, variants, variables) -> Programs:
+def build_programs(config, task: Task, variants, variables) -> Programs:
     """Builds (does not yet compile) every program of an experiment.
 
     Args:
+      config: the experiment ConfigDict.
+      task: the experiment's task.
       variants: the experiment's arms (``variants.variants_from_config``).
       variables: the dense model's initial variables (shapes and costs).
     """
@@ -106,14 +119,13 @@ def build_programs(config, task, variants, variables) -> Programs:
     for variant in variants:
         search_config = variants_lib.search_config(config, variant)
         searches.setdefault(search_config, search_lib.early_bird(search_config))
-    flops = task.forward_flops_per_example(variables)
-    costs = Costs(flops_per_example=flops,
-                  train_flops_per_example=task.train_forward_flops_per_example(
-                      variables, flops),
-                  num_params=int(sum(np.prod(x.shape) for x in
-                                     jax.tree_util.tree_leaves(variables["params"]))))
+    flops = task.forward_flops(variables)
+    costs = Costs(flops_per_example=flops.longest, train_flops_per_example=flops.train,
+                  num_params=costs_lib.count_params(variables))
     return Programs(counter=counter, layout=layout, txs=txs, steps=steps,
-                    searches=searches, prune=_prune_program(config, task, layout, counter),
+                    searches=searches,
+                    eb_updates={c: _counted_update(s, counter) for c, s in searches.items()},
+                    prune=_prune_program(config, task, layout, counter),
                     recalibrate=recalibration.stats_fn(task.forward, counter), costs=costs,
                     counted=counted)
 

@@ -156,8 +156,8 @@ def learning_rate_schedule(optim, total_steps: int | None = None):
 
 
 def make_optimizer(optim, selector: selectors_lib.ParamSelector, *,
-                   total_steps: int | None = None, placement: str = "gradient"
-                   ) -> optax.GradientTransformationExtraArgs:
+                   total_steps: int | None = None, placement: str = "gradient",
+                   with_truncation: bool = True) -> optax.GradientTransformationExtraArgs:
     """The optax chain of a run, with WORM truncation where ``placement`` says.
 
     Args:
@@ -172,6 +172,8 @@ def make_optimizer(optim, selector: selectors_lib.ParamSelector, *,
         optimizer, so retraining restarts the schedule.
       placement: "gradient" (first in the chain: the raw gradient, the paper)
         or "update" (last: the final update, which Adam cannot undo).
+      with_truncation: False leaves the WORM transform out and everything else as
+        it is (the benchmarks' bare arm, for the transform's own cost).
 
     Returns:
       A transformation whose ``update`` takes ``truncation=`` extra args. With
@@ -199,13 +201,13 @@ def make_optimizer(optim, selector: selectors_lib.ParamSelector, *,
                                core)
     else:
         core = optax.adamw(schedule, weight_decay=optim.weight_decay, mask=mask)
-    trunc = truncation_lib.worm_truncation(selector)
+    trunc = [truncation_lib.worm_truncation(selector)] if with_truncation else []
     penalty = []
     if float(optim.get("sparsity", 0.0) or 0.0) > 0:
         penalty.append(sparsity_lib.sparsity_penalty(selector, float(optim.sparsity)))
     if placement == "gradient":
-        return optax.chain(*penalty, trunc, *parts, core)
-    return optax.chain(*penalty, *parts, core, trunc)
+        return optax.chain(*penalty, *trunc, *parts, core)
+    return optax.chain(*penalty, *parts, core, *trunc)
 
 
 def create_train_state(variables, tx, seed: int) -> TrainState:

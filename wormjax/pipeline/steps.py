@@ -30,6 +30,7 @@ class CompileCounter:
         self.counts: dict[str, int] = {}
 
     def hit(self, name: str) -> None:
+        """Counts one trace of ``name`` (called from inside the traced function)."""
         self.counts[name] = self.counts.get(name, 0) + 1
 
 
@@ -52,6 +53,8 @@ def read_metrics(acc) -> dict[str, float]:
 
 
 class StepFns(NamedTuple):
+    """The jitted steps of one model and optimizer (``make_steps``)."""
+
     train: Callable  # (state, batch, truncation, acc) -> (state, acc)
     train_masked: Callable  # same plus param_mask, keeping pruned entries at 0
     eval: Callable  # (params, batch_stats, batch, acc) -> acc

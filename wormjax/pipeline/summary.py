@@ -6,7 +6,7 @@ from wormjax.pipeline import divergence
 from wormjax.pipeline.progress import Progress
 from wormjax.pipeline.variants import Variant
 
-__all__ = ["epoch_record", "bar_label", "restore_target", "num_classes",
+__all__ = ["epoch_record", "bar_label", "restore_target",
            "training_flops", "run_summary"]
 
 
@@ -54,12 +54,6 @@ def restore_target(retrain_cfg, pre_prune_accuracy: float) -> float:
     if retrain_cfg.target_kind == "absolute":
         return float(retrain_cfg.target)
     return float(retrain_cfg.target) * float(pre_prune_accuracy)
-
-
-def num_classes(task) -> int | None:
-    """The classifier's outputs: CNNs name them num_classes, BERT num_labels."""
-    model = getattr(task, "model", None)
-    return getattr(model, "num_classes", None) or getattr(model, "num_labels", None)
 
 
 def training_flops(progress: Progress, train_flops: float,

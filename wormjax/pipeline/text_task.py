@@ -1,10 +1,11 @@
-"""Text classification task: GLUE SST-2 / MRPC / RTE with a Hugging Face BERT.
+"""The text task: GLUE SST-2 / MRPC / RTE wired to a Hugging Face BERT.
 
-The transformer counterpart of ``image_task``: the run loop gets the imported
-checkpoint (classifier head initialised from the seed), the BERT forward,
-length-bucketed batches and the query/key representative selector of the
-paper's section VI. Every batch of a bucket has one shape, so each jitted step
-compiles once per bucket and never again in later epochs.
+The transformer counterpart of ``image_task``, implementing ``pipeline.task.Task``:
+the imported checkpoint (classifier head initialised from the seed), the BERT
+forward (``models.forwards.bert_apply``), length-bucketed batches and the
+query/key representative selector of the paper's section VI. Every batch of a
+bucket has one shape, so each jitted step compiles once per bucket and never
+again in later epochs.
 """
 
 from __future__ import annotations
@@ -16,70 +17,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from wormjax.pipeline import config_checks
+from wormjax import costs
 from wormjax import models
 from wormjax import selectors as selectors_lib
 from wormjax.data import glue as glue_lib
 from wormjax.data import text as text_lib
+from wormjax.models import forwards
 from wormjax.models import hf_import
-from wormjax.models import weight_files
-from wormjax.pipeline import divergence
-from wormjax.pipeline import image_task
+from wormjax.pipeline import config_checks
+from wormjax.pipeline import task as task_lib
 
-__all__ = ["TextTask", "subset_indices", "looks_like_path"]
+__all__ = ["TextTask"]
 
-# The subsets of train_limit / eval_limit do not depend on config.seed, so every
-# seed of an experiment trains and evaluates on the same examples.
-_SUBSET_SEED = 20240617
 _DIR_HINT = ("pass --config.data.dir=/path/to/glue (the folder holding SST-2/, MRPC/ "
              "and RTE/ with train.tsv and dev.tsv), or --config.data.source=tfds")
+_FLOP_BATCH = 8  # the batch FLOPs are counted at, then divided by
 
 
-def looks_like_path(name: str) -> bool:
-    """Says whether a checkpoint name is a local path rather than a Hub id.
-
-    Mirrors ``hf_import.resolve_checkpoint_dir``: Hub ids are "name" or
-    "org/name"; anything else (or anything that exists) is a path.
-    """
-    return (os.path.exists(name) or name.startswith((".", "/", "~"))
-            or name.count("/") > 1 or "\\" in name)
-
-
-def subset_indices(num_examples: int, limit: int, salt: int = 0) -> np.ndarray:
-    """A deterministic subset of ``limit`` example indices, in data order.
-
-    Args:
-      num_examples: size of the split.
-      limit: subset size; 0 (or >= num_examples) keeps every example.
-      salt: distinguishes the train and evaluation subsets.
-
-    Returns:
-      Sorted int64 indices.
-    """
-    if not limit or limit >= num_examples:
-        return np.arange(num_examples)
-    rng = np.random.default_rng([_SUBSET_SEED, salt])
-    return np.sort(rng.choice(num_examples, size=limit, replace=False))
-
-
-def _encode(tokenizer, examples: glue_lib.GlueExamples, indices: np.ndarray,
-            max_seq_len: int) -> text_lib.EncodedText:
-    pick = lambda texts: [texts[i] for i in indices]  # noqa: E731
-    return text_lib.encode_texts(
-        tokenizer, pick(examples.text_a),
-        None if examples.text_b is None else pick(examples.text_b),
-        examples.labels[indices], max_seq_len=max_seq_len)
-
-
-def _max_positions(checkpoint_dir: str) -> int | None:
-    path = os.path.join(checkpoint_dir, "config.json")
-    if not os.path.isfile(path):
-        return None
-    return weight_files.read_json(path, "a Hugging Face BERT config.json").get(
-        "max_position_embeddings")
-
-
-class TextTask:
+class TextTask(task_lib.SplitMembers):
     """BERT sequence classifier + a GLUE task, built from ``config.model`` and ``config.data``."""
 
     kind = "text"
@@ -101,7 +56,7 @@ class TextTask:
         data, model = config.data, config.model
         max_seq_len = data.max_seq_len
         checkpoint = model.checkpoint
-        if looks_like_path(checkpoint):
+        if hf_import.looks_like_path(checkpoint):
             folder = os.path.expanduser(checkpoint)
             if not os.path.isdir(folder):
                 raise ValueError(
@@ -111,7 +66,7 @@ class TextTask:
             if not os.path.isfile(os.path.join(folder, "config.json")):
                 raise ValueError(f"model.checkpoint={checkpoint!r} has no config.json; "
                                  "it is not a Hugging Face checkpoint folder")
-            limit = _max_positions(folder)
+            limit = hf_import.max_position_embeddings(folder)
             if limit is not None and max_seq_len > limit:
                 raise ValueError(
                     f"data.max_seq_len={max_seq_len} exceeds the checkpoint's "
@@ -135,29 +90,29 @@ class TextTask:
         train = glue_lib.load_glue(self.name, "train", data.source, data_dir)
         tokenizer = text_lib.load_tokenizer(self.checkpoint_dir)
         max_seq_len = int(data.max_seq_len)
-        self.train_data = _encode(tokenizer, train,
-                                  subset_indices(len(train), data.train_limit, 0),
-                                  max_seq_len)
+        self.train_split = text_lib.encode_subset(
+            tokenizer, train, text_lib.subset_indices(len(train), data.train_limit, 0),
+            max_seq_len)
         if data.eval_split == "train":  # the authors' protocol
-            self.eval_data = self.train_data
+            self.eval_split = self.train_split
         else:
             dev = glue_lib.load_glue(self.name, "dev", data.source, data_dir)
-            self.eval_data = _encode(tokenizer, dev,
-                                     subset_indices(len(dev), data.eval_limit, 1),
-                                     max_seq_len)
+            self.eval_split = text_lib.encode_subset(
+                tokenizer, dev, text_lib.subset_indices(len(dev), data.eval_limit, 1),
+                max_seq_len)
         self.boundaries = text_lib.bucket_boundaries(
             max_seq_len, smallest=int(data.get("bucket_min_len", 32)))
         self.batch_size = config.optim.batch_size
         self.eval_batch_size = config.optim.eval_batch_size
         # Buckets keep their members across epochs and drop their partial last
         # batch, so the number of batches is the same in every epoch.
-        plan = text_lib.text_batch_plan(self.train_data, self.batch_size, seed=config.seed,
+        plan = text_lib.text_batch_plan(self.train_split, self.batch_size, seed=config.seed,
                                         epoch=0, boundaries=self.boundaries)
         self.steps_per_epoch = len(plan)
         if self.steps_per_epoch == 0:
             raise ValueError(
                 f"optim.batch_size={self.batch_size} leaves no full batch in any length "
-                f"bucket {self.boundaries} of the {len(self.train_data)} training "
+                f"bucket {self.boundaries} of the {len(self.train_split)} training "
                 "examples; lower the batch size or raise data.train_limit")
         # Batches per bucket length: the same in every epoch (see above).
         self.train_batches_per_length = dict(sorted(
@@ -184,17 +139,9 @@ class TextTask:
             include_value=bool(config.search.get("include_value", False)))
 
     @property
-    def num_train_examples(self) -> int:
-        return len(self.train_data)
-
-    @property
-    def num_eval_examples(self) -> int:
-        return len(self.eval_data)
-
-    @property
-    def chance_accuracy(self) -> float | None:
-        """Eval accuracy of always predicting the most frequent class (divergence)."""
-        return divergence.chance_accuracy(self.eval_data.labels)
+    def num_classes(self) -> int:
+        """The classifier's outputs (the head's labels)."""
+        return self.model.num_labels
 
     def _params_for_seed(self, seed: int):
         if seed not in self._host_params:
@@ -228,23 +175,12 @@ class TextTask:
         params = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), host)
         return {"params": params, "batch_stats": {}}
 
-    def forward(self, variables, batch, train: bool, rng):
-        """BERT classifier logits; dropout is on only while training.
+    def forward(self, variables, batch, train: bool, rng, model=None):
+        """BERT classifier logits and the (empty) batch_stats; dropout only while training.
 
-        Args:
-          variables: ``{"params": ..., "batch_stats": {}}``.
-          batch: ``input_ids``, ``token_type_ids``, ``attention_mask`` [B, L].
-          train: training mode (dropout from ``rng``).
-          rng: the dropout key (unused in evaluation).
-
-        Returns:
-          (logits [B, C] float32, the unchanged (empty) batch_stats).
+        ``model`` replaces the task's own BERT (``models.forwards.bert_apply``).
         """
-        logits = self.model.apply(
-            {"params": variables["params"]}, batch["input_ids"], batch["attention_mask"],
-            batch["token_type_ids"], deterministic=not train,
-            rngs={"dropout": rng} if train else None)
-        return logits, variables.get("batch_stats", {})
+        return forwards.bert_apply(model or self.model, variables, batch, train, rng)
 
     def train_batches(self, seed: int, epoch: int, start_step: int = 0):
         """The shuffled training batches of ``epoch`` (``steps_per_epoch`` of them).
@@ -257,13 +193,13 @@ class TextTask:
         Returns:
           An iterator of dicts of int32 arrays, [batch_size, bucket length].
         """
-        return text_lib.text_batches(self.train_data, self.batch_size, seed=seed,
+        return text_lib.text_batches(self.train_split, self.batch_size, seed=seed,
                                      epoch=epoch, shuffle=True, start_step=start_step,
                                      boundaries=self.boundaries)
 
     def eval_batches(self):
         """Every evaluation example once, in bucket order, with a 0/1 ``mask``."""
-        return text_lib.text_batches(self.eval_data, self.eval_batch_size, shuffle=False,
+        return text_lib.text_batches(self.eval_split, self.eval_batch_size, shuffle=False,
                                      boundaries=self.boundaries, drop_remainder=False)
 
     def warmup_batches(self) -> dict[str, list[dict]]:
@@ -281,33 +217,30 @@ class TextTask:
         return {"train": one_per_shape(self.train_batches(self.config.seed, 0)),
                 "eval": one_per_shape(self.eval_batches())}
 
-    def forward_flops_per_example(self, variables, seq_len: int | None = None) -> float:
-        """Forward FLOPs per example at ``seq_len`` (default: the longest bucket).
-
-        From XLA's cost analysis of the eval forward at that padded length.
-        """
-        ids = jnp.zeros((8, seq_len or self.boundaries[-1]), jnp.int32)
-
+    def _flops_at(self, variables, model, seq_len: int) -> float:
         def apply(v, input_ids):
+            # Constant segment ids and attention: what the figures have always counted.
             batch = {"input_ids": input_ids, "token_type_ids": jnp.zeros_like(input_ids),
                      "attention_mask": jnp.ones_like(input_ids)}
-            return self.forward(v, batch, False, None)[0]
+            return self.forward(v, batch, False, None, model)[0]
 
-        return image_task.forward_flops(apply, variables, ids)
+        ids = jax.ShapeDtypeStruct((_FLOP_BATCH, seq_len), jnp.int32)
+        return costs.flops_per_example(apply, variables, ids)
 
-    def train_forward_flops_per_example(self, variables, longest: float) -> float:
-        """Mean forward FLOPs per trained example over an epoch's length buckets.
+    def forward_flops(self, variables, model=None) -> task_lib.ForwardFlops:
+        """Eval-forward FLOPs per example, at the longest bucket and per train bucket.
 
         Batches are padded to their bucket's length, not to the longest, so an
         epoch costs the batch-weighted mean of the per-bucket figures.
-
-        Args:
-          variables: the model's variables.
-          longest: ``forward_flops_per_example(variables)``, already computed.
         """
+        longest = self.boundaries[-1]
         counts = self.train_batches_per_length
-        per_length = {length: longest if length == self.boundaries[-1]
-                      else self.forward_flops_per_example(variables, length)
-                      for length in counts}
-        return sum(n * per_length[length] for length, n in counts.items()) / sum(
+        by_length = {longest: self._flops_at(variables, model, longest)}
+        for length in counts:
+            if length not in by_length:
+                by_length[length] = self._flops_at(variables, model, length)
+        train = sum(n * by_length[length] for length, n in counts.items()) / sum(
             counts.values())
+        return task_lib.ForwardFlops(
+            longest=by_length[longest], train=train,
+            by_length={length: by_length[length] for length in counts})

@@ -7,7 +7,6 @@ deviation at every epoch that at least two seeds reach. PNGs are small
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import matplotlib
@@ -15,6 +14,8 @@ import matplotlib
 matplotlib.use("Agg")  # Headless machines; must precede pyplot.
 import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
+
+from wormjax.pipeline import plots  # pylint: disable=wrong-import-position
 
 __all__ = ["distance_figure", "loss_figure"]
 
@@ -45,19 +46,6 @@ def _arms(runs):
     return arms
 
 
-def _save(fig, ax, path: str, has_data: bool, title: str) -> str:
-    ax.set_title(title, fontsize="medium")
-    if not has_data:
-        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
-    else:
-        ax.legend(fontsize="small")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
 def distance_figure(runs: Sequence[dict], path: str, title: str,
                     stop_distance: float | None, trigger: float | None) -> str:
     """Fig. 1: d_max (solid) and d_avg (dashed) per search epoch, window full."""
@@ -78,7 +66,7 @@ def distance_figure(runs: Sequence[dict], path: str, title: str,
                    label=f"s + delta = {trigger:g}")
     ax.set_xlabel("search epoch")
     ax.set_ylabel("mask distance")
-    return _save(fig, ax, path, drawn, title)
+    return plots.save_figure(fig, ax, path, drawn, dpi=100, title=title)
 
 
 def loss_figure(runs: Sequence[dict], path: str, title: str) -> str:
@@ -104,4 +92,4 @@ def loss_figure(runs: Sequence[dict], path: str, title: str) -> str:
             ax.axvline(trig, color=color, linestyle=":", linewidth=0.8)
     ax.set_xlabel("epoch (search, then retraining)")
     ax.set_ylabel("train loss")
-    return _save(fig, ax, path, drawn, title)
+    return plots.save_figure(fig, ax, path, drawn, dpi=100, title=title)
