@@ -10,7 +10,9 @@ import numpy as np
 import optax
 import pytest
 
+import wormjax
 from wormjax import surgery
+from wormjax.models import common
 from wormjax.models import resnet
 from wormjax.models import vgg
 from wormjax.surgery import accounting
@@ -295,3 +297,54 @@ def test_channels_that_are_not_zero_when_silenced_are_kept():
     assert small.plan.leaf_keep["params/BatchNorm_0/scale"][0].all()
     (path, count, why), = small.plan.pinned
     assert path == "params/BatchNorm_0/scale" and count == 2 and "not zero" in why
+
+
+class PoolFlattenNet(nn.Module):
+    """torchvision VGG's head: adaptive average pool (constant matrices), flatten."""
+
+    @nn.compact
+    def __call__(self, x, train: bool = True):
+        x = nn.relu(nn.BatchNorm(use_running_average=not train)(nn.Conv(4, (3, 3))(x)))
+        x = common.adaptive_avg_pool(common.max_pool_2x2(x), (3, 3))
+        return nn.Dense(3)(x.reshape(x.shape[0], -1))
+
+
+def test_flatten_after_an_adaptive_pool_prunes_exactly_the_ticket():
+    # The pool matrices label the flattened pixels; the dense kernel's rows must
+    # follow (pixel, pixel, channel) jointly, not join them into one component.
+    model = PoolFlattenNet()
+    variables, x = _random_variables(model, (2, 8, 8, 3))
+    ticket = {"BatchNorm_0/scale": np.array([True, False, True, False])}
+    small = surgery.compact(model, variables, ticket, x)
+    assert not small.plan.pinned
+    np.testing.assert_array_equal(small.plan.leaf_keep["params/BatchNorm_0/scale"][0],
+                                  ticket["BatchNorm_0/scale"])
+    assert small.variables["params"]["Dense_0"]["kernel"].shape == (9 * 2, 3)
+    dense = surgery.silenced(variables, small.plan, ticket)
+    np.testing.assert_allclose(small.apply(small.variables, x, train=False),
+                               _eval(model, dense, x), rtol=1e-5, atol=1e-5)
+
+
+def test_a_generic_compact_saves_and_reloads_with_its_dense_model(tmp_path):
+    model = FlattenNet()
+    variables, x = _random_variables(model, MODELS["flatten"][1])
+    ticket = _bn_ticket(variables, "random")
+    small = surgery.compact(model, variables, ticket, x)
+    path = wormjax.save_compact(tmp_path / "c", small, extra_meta={"epoch": np.int64(2)})
+    assert wormjax.compact_io.read_compact_meta(path)["extra"] == {"epoch": 2}
+    with pytest.raises(ValueError, match="pass the dense model"):
+        wormjax.load_compact(path)
+    loaded = wormjax.load_compact(path, model, x)
+    assert loaded.module is None and loaded.num_params == small.num_params
+    jax.tree_util.tree_map(np.testing.assert_array_equal, loaded.variables,
+                           small.variables)
+    np.testing.assert_array_equal(loaded.apply(loaded.variables, x, train=False),
+                                  small.apply(small.variables, x, train=False))
+    # A library CNN's compact is saved as its narrower class, loadable alone.
+    net = vgg.CifarVGG11(num_classes=3, width=1 / 16)
+    v, x = _random_variables(net, (1, 32, 32, 3))
+    lib = surgery.compact(net, v, _bn_ticket(v, "random"), x)
+    loaded_net, loaded_v = wormjax.load_compact(
+        wormjax.save_compact(tmp_path / "lib", lib))
+    assert loaded_net.channels == lib.module.channels
+    jax.tree_util.tree_map(np.testing.assert_array_equal, loaded_v, lib.variables)
