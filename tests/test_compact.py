@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 import pytest
 
 import wormjax
@@ -379,3 +380,48 @@ def test_a_generic_compact_saves_and_reloads_with_its_dense_model(tmp_path):
         wormjax.save_compact(tmp_path / "lib", lib))
     assert loaded_net.channels == lib.module.channels
     jax.tree_util.tree_map(np.testing.assert_array_equal, loaded_v, lib.variables)
+
+
+class NnxNet(nnx.Module):
+    """A small NNX CNN: conv-BN-ReLU twice, global mean, linear head."""
+
+    def __init__(self, rngs):
+        self.conv1 = nnx.Conv(3, 6, (3, 3), rngs=rngs)
+        self.bn1 = nnx.BatchNorm(6, rngs=rngs)
+        self.conv2 = nnx.Conv(6, 5, (3, 3), rngs=rngs)
+        self.bn2 = nnx.BatchNorm(5, rngs=rngs)
+        self.fc = nnx.Linear(5, 3, rngs=rngs)
+
+    def __call__(self, x):
+        x = nnx.relu(self.bn1(self.conv1(x)))
+        x = nnx.relu(self.bn2(self.conv2(x)))
+        return self.fc(x.mean(axis=(1, 2)))
+
+
+def test_an_nnx_module_compacts_to_a_narrower_nnx_module():
+    rs = np.random.RandomState(0)
+    module = NnxNet(nnx.Rngs(0))
+    for bn in (module.bn1, module.bn2):  # signed scales, non-trivial statistics
+        n = bn.scale[...].shape[0]
+        bn.scale[...] = jnp.asarray(rs.standard_normal(n), jnp.float32)
+        bn.bias[...] = jnp.asarray(0.1 * rs.standard_normal(n), jnp.float32)
+        bn.mean[...] = jnp.asarray(rs.standard_normal(n), jnp.float32)
+        bn.var[...] = jnp.asarray(rs.random_sample(n) + 0.5, jnp.float32)
+    x = jnp.asarray(rs.uniform(-1, 1, (2, 8, 8, 3)), jnp.float32)
+    ticket = {"bn1/scale": np.array([1, 0, 1, 0, 0, 1], bool),
+              "bn2/scale": np.array([0, 0, 0, 0, 0], bool)}  # emptied: the floor
+    small, plan = wormjax.compact_nnx(module, ticket, x)
+    assert type(small) is NnxNet and plan.floored == ("bn2/scale",)
+    assert small.conv2.kernel[...].shape == (3, 3, 3, 1)
+    assert small.fc.kernel[...].shape == (1, 3)
+    dense = nnx.clone(module)
+    for name in ("bn1", "bn2"):  # silence the removed channels
+        bn, keep = getattr(dense, name), plan.leaf_keep[f"{name}/scale"][0]
+        bn.scale[...] = jnp.where(keep, bn.scale[...], 0)
+        bn.bias[...] = jnp.where(keep, bn.bias[...], 0)
+    for mode in ("eval", "train"):  # train: batch statistics of the kept channels
+        getattr(small, mode)()
+        getattr(dense, mode)()
+        np.testing.assert_allclose(small(x), dense(x), rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="'bn9/scale' names no variable of NnxNet"):
+        wormjax.compact_nnx(module, {"bn9/scale": np.ones(4, bool)}, x)

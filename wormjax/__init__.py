@@ -37,6 +37,7 @@ from wormjax.structured import build_compact
 from wormjax.structured import compact_channels
 from wormjax.surgery import Compact
 from wormjax.surgery import compact
+from wormjax.surgery import compact_nnx
 from wormjax.surgery import silenced
 from wormjax.surgery.accounting import Cost
 from wormjax.surgery.accounting import pruned_cost

@@ -1,5 +1,6 @@
 """Structured pruning of any Flax CNN: channel graph, compact network, honest costs."""
 
+from wormjax.surgery.nnx_compact import compact_nnx
 from wormjax.surgery.rebuild import Compact
 from wormjax.surgery.rebuild import channel_plan
 from wormjax.surgery.rebuild import compact
