@@ -1,5 +1,7 @@
 """wormjax: Early-Bird lottery tickets and WORM gradient truncation in JAX."""
 
+from wormjax.compact_io import load_compact
+from wormjax.compact_io import save_compact
 from wormjax.masks import flatten_mask
 from wormjax.masks import global_magnitude_mask
 from wormjax.masks import mask_distance
@@ -33,10 +35,9 @@ from wormjax.selectors import path_selector
 from wormjax.sparsity import sparsity_penalty
 from wormjax.structured import build_compact
 from wormjax.structured import compact_channels
-from wormjax.structured import load_compact
-from wormjax.structured import save_compact
 from wormjax.surgery import Compact
 from wormjax.surgery import compact
+from wormjax.surgery import compact_nnx
 from wormjax.surgery import silenced
 from wormjax.surgery.accounting import Cost
 from wormjax.surgery.accounting import pruned_cost

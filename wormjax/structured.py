@@ -1,103 +1,58 @@
-"""Structured channel pruning: a narrower CNN that holds only the ticket's channels.
+"""Structured channel pruning of the library CNNs: a narrower model of the same class.
 
 docs/algorithm.md section 4, ``pruning.mode = "structured"``. The ticket's flat keep mask
-over the BatchNorm scales (``batchnorm_selector`` layout) picks each BatchNorm layer's
-channels; ``build_compact`` builds the same class with those counts (``channels``) and
-copies the kept conv filters, the input slices of the next conv or shortcut conv, the
-BatchNorm parameters and statistics and the classifier rows. A channel whose BN scale
-and bias are zero is zero after the ReLU (or adds zero to a residual sum), so the
-compact model computes exactly the dense model with the pruned channels silenced.
+over the BatchNorm scales (``batchnorm_selector`` layout) goes through the generic
+path, ``wormjax.surgery.compact``: the traced channel graph couples each BatchNorm
+with its conv's filters, the next conv's (or shortcut conv's, or the classifier's
+flattened) input slices and every BatchNorm summed into the same residual stream.
+The library registers each CNN's ``channels=`` constructor, so the compact model is
+the same class, narrower, and computes exactly the dense model with the pruned
+channels silenced (BN scale and bias zeroed).
 
 - Floor: no layer keeps fewer than ``min_channels`` channels; where the mask keeps
   fewer, it adds its largest-|scale| pruned channels (lowest index first on ties).
-- ResNet shortcuts: the tensors a residual addition sums must share one channel set, so
-  every BatchNorm of a ``resnet.residual_groups()`` group keeps the *union* of the
-  group's masks: a residual-stream channel survives if any member keeps it, and the
-  floor ranks channels by their largest |scale| in the group. The union never removes
-  a channel the ticket kept, at the cost of keeping more than the ticket's share of the
-  residual stream. A block's inner ``bn1`` is free and follows its own mask.
+- ResNet shortcuts: every BatchNorm of a residual stream keeps the *union* of the
+  stream's masks (a channel survives if any member keeps it; the floor ranks channels
+  by their largest |scale| in the stream). The union never removes a channel the
+  ticket kept, at the cost of keeping more than the ticket's share of the residual
+  stream. A block's inner ``bn1`` is free and follows its own mask.
 - ``channel_multiple`` (off by default) rounds every count up to a multiple, adding the
   largest-|scale| pruned channels: convolutions can run slower on unaligned counts.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import json
 import math
-import os
 from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 
-from wormjax import _validate
-from wormjax.pipeline import report
+from wormjax import compact_io
 from wormjax import selectors as selectors_lib
 from wormjax import surgery
+from wormjax.compact_io import load_compact
+from wormjax.compact_io import read_compact_meta
+from wormjax.compact_io import save_compact
 from wormjax.models import common
-from wormjax.models import resnet
-from wormjax.models import vgg
+from wormjax.surgery.accounting import count_params
+from wormjax.variables import path_str
 
 __all__ = ["compact_channels", "build_compact", "count_params", "forward_flops",
-           "conv_dense_macs", "save_compact", "load_compact", "read_compact_meta"]
+           "conv_dense_macs", "live_params", "save_compact", "load_compact",
+           "read_compact_meta"]
 
-_FORMAT = "wormjax.compact_cnn/1"
-
-
-def _vgg_slices(model, kept: dict[str, np.ndarray], dense: dict[str, int]) -> dict:
-    """{module: (kept input, kept output channels)}; None keeps the whole axis."""
-    # conv{i} reads bn{i-1}'s channels and writes bn{i}'s; the head reads the last.
-    slices, prev, last = {}, None, len(vgg.conv_widths(model.cfg)) - 1
-    for i in range(last + 1):
-        slices[f"conv{i}"] = (prev, kept[f"bn{i}"])
-        prev = kept[f"bn{i}"]
-    pooled_hw = getattr(model, "pooled_hw", None)
-    if pooled_hw is None:
-        slices[model.head_name] = (prev, None)
-        return slices
-    # torchvision: fc1 reads the 7x7 map flattened in (H, W, C) order, so the row of
-    # channel c at pixel (h, w) is (h * 7 + w) * C + c.
-    pixels = np.arange(pooled_hw[0] * pooled_hw[1])[:, None]
-    slices["fc1"] = ((pixels * dense[f"bn{last}"] + prev[None, :]).ravel(), None)
-    slices["fc2"] = slices[model.head_name] = (None, None)
-    return slices
-
-
-def _resnet_slices(model, kept: dict[str, np.ndarray], dense: dict[str, int]) -> dict:
-    """A block's conv1 and shortcut conv read the residual stream entering the block."""
-    del model, dense
-    slices, stream = {"conv1": (None, kept["bn1"])}, kept["bn1"]
-    blocks = dict.fromkeys(p[0] for p in resnet.bn_paths() if len(p) == 2)
-    for block in blocks:
-        mid, out = kept[f"{block}/bn1"], kept[f"{block}/bn2"]
-        slices[f"{block}/conv1"] = (stream, mid)
-        slices[f"{block}/conv2"] = (mid, out)
-        if f"{block}/shortcut_bn" in kept:
-            slices[f"{block}/shortcut_conv"] = (stream, kept[f"{block}/shortcut_bn"])
-        stream = out
-    slices["fc"] = (stream, None)
-    return slices
-
-
-# Exact classes, (slices, residual groups): a subclass may wire its layers differently.
-_RESNET = (_resnet_slices, lambda: [[common.path_str(p) for p in group]
-                                     for group in resnet.residual_groups()])
-_FAMILIES = {vgg.CifarVGG11: (_vgg_slices, list), vgg.CifarVGG16: (_vgg_slices, list),
-             vgg.TorchvisionVGG11BN: (_vgg_slices, list),
-             resnet.CifarResNet18: _RESNET, resnet.TorchvisionResNet18: _RESNET}
-_CLASSES = {cls.__name__: cls for cls in _FAMILIES}
+# Every supported CNN accepts it (VGG needs 2**5 pixels); the plan does not depend on
+# the resolution, and tracing is abstract.
+_TRACE_INPUT = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
 
 
 def _family(model):
-    if type(model) not in _FAMILIES:
-        raise ValueError(f"structured pruning supports {', '.join(_CLASSES)}; got "
-                         f"{type(model).__name__}")
-    return _FAMILIES[type(model)]
+    if type(model) not in compact_io.LIBRARY_CNNS.values():
+        raise ValueError(f"structured pruning supports {', '.join(compact_io.LIBRARY_CNNS)}"
+                         f"; got {type(model).__name__}")
 
 
 def _bn_name(layout_path: str) -> str:
@@ -118,50 +73,26 @@ def _check_layout(model, layout: selectors_lib.TicketLayout) -> list[tuple[str, 
     return expected
 
 
-def _with_floor(keep: np.ndarray, score: np.ndarray, floor: tuple[int, int]):
-    """(kept indices, floored?) after topping ``keep`` up to the floor and multiple."""
-    count, (least, multiple) = int(keep.sum()), floor
-    missing = min(-(-max(least, count) // multiple) * multiple, keep.size) - count
-    if missing <= 0:
-        return np.flatnonzero(keep), False
-    # Stable sort on -score: ties go to the lowest index.
-    added = [i for i in np.argsort(-score, kind="stable") if not keep[i]][:missing]
-    return np.union1d(np.flatnonzero(keep), added), count < least
-
-
-def _decide(model, layout, keep_flat, params, floor):
+def _decide(model, layout, keep_flat, variables, floor):
     """(BN layout, kept indices per BN path, floored BN paths, shortcut rule)."""
-    _, groups_fn = _family(model)
-    _validate.at_least("min_channels", floor[0], 1)
-    _validate.at_least("channel_multiple", floor[1], 1)
+    _family(model)
     bn = _check_layout(model, layout)
     keep = np.asarray(keep_flat)
     if keep.shape != (layout.num_entries,):
         raise ValueError(f"keep mask has shape {keep.shape}; the ticket layout needs "
                          f"N = {layout.num_entries} entries (one per BN channel)")
-    masks = {_bn_name(e.path): keep[e.offset:e.offset + e.size] != 0
-             for e in layout.entries}
-    scales = {path: np.zeros(n, np.float32) for path, n in bn}
-    if params is not None:
-        tree = params["params"] if "params" in params else params
-        for path, n in bn:
-            leaf = functools.reduce(lambda t, key: t[key], path.split("/"), tree)
-            scales[path] = np.abs(np.asarray(leaf["scale"], np.float32))
-            if scales[path].shape != (n,):
-                raise ValueError(f"params do not match the model: {path}/scale has "
-                                 f"shape {scales[path].shape}, the model {(n,)}")
-    kept, floored, groups = {}, [], groups_fn()
-    for group in groups:
-        union = np.logical_or.reduce([masks[p] for p in group])
-        score = np.max([scales[p] for p in group], axis=0)
-        indices, was_floored = _with_floor(union, score, floor)
-        kept.update({p: indices for p in group})
-        floored += group if was_floored else []
-    for path, _ in bn:
-        if path not in kept:
-            kept[path], was_floored = _with_floor(masks[path], scales[path], floor)
-            floored += [path] if was_floored else []
-    return bn, kept, floored, ("union" if groups else None)
+    abstract = common.abstract_variables(model)
+    if variables is None:
+        variables = abstract
+    elif "params" not in variables:  # bare params: the statistics only need shapes
+        variables = {**abstract, "params": variables}
+    ticket = {f"params/{_bn_name(e.path)}/scale": keep[e.offset:e.offset + e.size]
+              for e in layout.entries}
+    plan = surgery.channel_plan(model, variables, ticket, _TRACE_INPUT,
+                                min_channels=floor[0], channel_multiple=floor[1])
+    kept = {p: np.flatnonzero(plan.leaf_keep[f"params/{p}/scale"][0]) for p, _ in bn}
+    floored = [p for p, _ in bn if f"params/{p}/scale" in plan.floored]
+    return bn, kept, floored, ("union" if plan.groups else None), plan
 
 
 def compact_channels(model: nn.Module, layout: selectors_lib.TicketLayout, keep_flat,
@@ -182,26 +113,9 @@ def compact_channels(model: nn.Module, layout: selectors_lib.TicketLayout, keep_
       ``(channels, kept)``: the compact model's ``channels`` override and, in the same
       (definition) order, a sorted int index array of the kept channels of each BN.
     """
-    bn, kept, _, _ = _decide(model, layout, keep_flat, params,
+    bn, kept, _, _, _ = _decide(model, layout, keep_flat, params,
                              (min_channels, channel_multiple))
     return tuple(int(kept[p].size) for p, _ in bn), tuple(kept[p] for p, _ in bn)
-
-
-def _check_variables(model, variables) -> None:
-    _family(model)
-    want = jax.tree_util.tree_map(lambda s: s.shape, common.abstract_variables(model))
-    if want != jax.tree_util.tree_map(np.shape, variables):
-        raise ValueError(
-            f"variables do not match {type(model).__name__}(width={model.width}, "
-            f"channels={model.channels}): different parameter tree or shapes")
-
-
-def _slice_leaf(leaf, in_idx, out_idx):
-    """Conv kernels (kh, kw, in, out) and dense kernels (in, out): the last two axes."""
-    x = jnp.asarray(leaf)
-    if x.ndim >= 2 and in_idx is not None:
-        x = jnp.take(x, in_idx, axis=x.ndim - 2)
-    return x if out_idx is None else jnp.take(x, out_idx, axis=x.ndim - 1)
 
 
 def build_compact(model: nn.Module, variables, layout: selectors_lib.TicketLayout,
@@ -209,7 +123,7 @@ def build_compact(model: nn.Module, variables, layout: selectors_lib.TicketLayou
     """Builds the narrower model holding only the ticket's channels, and its weights.
 
     Args:
-      model: the dense model (one of the four supported CNNs).
+      model: the dense model (one of the library CNNs).
       variables: its ``{'params', 'batch_stats'}``; left unchanged.
       layout: ``batchnorm_selector()`` layout of ``variables['params']``.
       keep_flat: the ticket's flat keep mask.
@@ -222,42 +136,50 @@ def build_compact(model: nn.Module, variables, layout: selectors_lib.TicketLayou
       ``floored`` (layers topped up to the floor), ``shortcut_rule``, ``bn_channels``
       (kept, total) and ``params_dense``/``params_compact``.
     """
-    _check_variables(model, variables)
-    bn, kept, floored, rule = _decide(model, layout, keep_flat, variables,
-                                      (min_channels, channel_multiple))
+    _family(model)
+    compact_io.check_variables(model, variables)
+    bn, kept, floored, rule, plan = _decide(model, layout, keep_flat, variables,
+                                            (min_channels, channel_multiple))
+    small = surgery.from_plan(model, variables, plan, _TRACE_INPUT)
     channels = tuple(int(kept[p].size) for p, _ in bn)
-    compact_model = model.clone(channels=channels)
-    slices = _family(model)[0](model, kept, dict(bn))
-    slices.update({p: (None, kept[p]) for p, _ in bn})
-
-    def visit(key_path, leaf):
-        module = "/".join(selectors_lib.path_str(key_path).split("/")[1:-1])
-        if module not in slices:
-            raise ValueError(f"no channel rule for {type(model).__name__}'s {module!r}")
-        return _slice_leaf(leaf, *slices[module])
-
-    compact = jax.tree_util.tree_map_with_path(visit, variables)
-    _check_variables(compact_model, compact)
     info = {"channels": channels, "channels_dense": tuple(n for _, n in bn),
             "kept": tuple(kept[p] for p, _ in bn), "bn_paths": tuple(p for p, _ in bn),
             "floored": tuple(floored), "shortcut_rule": rule,
             "bn_channels": (sum(channels), sum(n for _, n in bn)),
             "params_dense": count_params(variables),
-            "params_compact": count_params(compact)}
-    return compact_model, compact, info
+            "params_compact": small.num_params}
+    return small.module, small.variables, info
 
 
-def count_params(variables) -> int:
-    """Number of trainable parameters (the 'params' collection; no BN statistics).
+def live_params(model: nn.Module, variables, layout: selectors_lib.TicketLayout,
+                keep_flat) -> int:
+    """Parameters a channel ticket leaves computing in mask mode (issue 15 item 4).
+
+    Zeroing a pruned channel's BatchNorm scale and bias also makes its conv filter
+    and every input slice that reads it dead, which counting non-zero entries misses:
+    this is the count of the compact network (``build_compact``'s
+    ``params_compact``) with the floor at one channel. In a residual stream a
+    channel lives while any summed BatchNorm keeps it (the union rule), so a filter
+    feeding only a silenced member still counts: an upper bound there.
 
     Args:
-      variables: ``{'params': ..., ...}`` or a bare params tree.
+      model: the dense library CNN.
+      variables: its variables (arrays or ``jax.ShapeDtypeStruct``s).
+      layout: ``batchnorm_selector()`` layout of its params.
+      keep_flat: the ticket's flat keep mask.
 
     Returns:
-      The total number of entries.
+      The number of live 'params' entries.
     """
+    plan = _decide(model, layout, keep_flat, variables, (1, 1))[4]
     tree = variables["params"] if "params" in variables else variables
-    return int(sum(math.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(tree)))
+    total = 0
+    for key_path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        shape = list(np.shape(leaf))
+        for axis, mask in plan.leaf_keep[f"params/{path_str(key_path)}"].items():
+            shape[axis] = int(np.sum(mask))
+        total += math.prod(shape)
+    return int(total)
 
 
 def forward_flops(model: nn.Module, variables, input_shape: Sequence[int]) -> float:
@@ -323,84 +245,6 @@ def conv_dense_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
     return int(sum(macs))
 
 
-def _architecture(model) -> dict:
-    """The constructor arguments that rebuild ``model``, as JSON values."""
-    config = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
-              if f.name not in ("parent", "name")}
-    config["dtype"] = jnp.dtype(model.dtype).name
-    # Explicit counts, so reloading never depends on the width rounding.
-    config["channels"] = [n for _, n in common.bn_layout(model)]
-    return config
-
-
-def save_compact(path: str | os.PathLike, model: nn.Module, variables,
-                 extra_meta: dict | None = None, *, overwrite: bool = False) -> str:
-    """Saves a compact model so that ``load_compact`` rebuilds it alone.
-
-    Orbax writes to a temporary folder renamed once committed: a reader never sees a
-    half-written checkpoint.
-
-    Args:
-      path: the checkpoint folder to create.
-      model: the (compact) model, one of the four supported CNNs.
-      variables: its variables.
-      extra_meta: JSON-able run information stored next to the architecture.
-      overwrite: replace an existing folder (otherwise orbax refuses).
-
-    Returns:
-      The absolute checkpoint path.
-    """
-    _check_variables(model, variables)
-    meta = {"format": _FORMAT, "architecture": type(model).__name__,
-            "config": _architecture(model), "num_params": count_params(variables),
-            "extra": json.loads(report.to_json(extra_meta or {}))}
-    path = os.path.abspath(os.fspath(path))
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
-        checkpointer.save(path, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(meta)),
-            force=overwrite)
-    return path
-
-
-def read_compact_meta(path: str | os.PathLike) -> dict:
-    """The metadata ``save_compact`` stored: format, architecture, config, extra."""
-    path = os.path.abspath(os.fspath(path))
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"no compact checkpoint at {path}")
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
-        meta = checkpointer.restore(path, args=ocp.args.Composite(
-            meta=ocp.args.JsonRestore())).meta
-    if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
-        raise ValueError(f"{path} is not a wormjax compact checkpoint ({_FORMAT})")
-    if meta["architecture"] not in _CLASSES:
-        raise ValueError(f"unknown architecture {meta['architecture']!r} in {path}; "
-                         f"known: {', '.join(_CLASSES)}")
-    return meta
-
-
-def load_compact(path: str | os.PathLike):
-    """Rebuilds a saved compact model and its variables, without the dense model.
-
-    Args:
-      path: a folder written by ``save_compact``.
-
-    Returns:
-      ``(model, variables)``.
-    """
-    meta = read_compact_meta(path)
-    config = dict(meta["config"], dtype=getattr(jnp, meta["config"]["dtype"]))
-    model = _CLASSES[meta["architecture"]](**config)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    abstract = jax.tree_util.tree_map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=device),
-        common.abstract_variables(model))
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
-        variables = checkpointer.restore(
-            os.path.abspath(os.fspath(path)),
-            args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))).state
-    return model, variables
-
-
 def _narrower(model, shapes: dict):
     """The library CNN with each BatchNorm's compact channel count (``channels``)."""
     return model.clone(channels=tuple(
@@ -409,5 +253,5 @@ def _narrower(model, shapes: dict):
 
 
 # wormjax.compact builds these as real narrower modules, not as a sliced jaxpr.
-for _cls in _FAMILIES:
+for _cls in compact_io.LIBRARY_CNNS.values():
     surgery.register_narrower(_cls, _narrower)

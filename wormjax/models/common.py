@@ -16,8 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Matches the '/'-joined path of a BatchNorm scale, with or without 'params/' first.
-BN_SCALE_PATTERN = r"(^|/)[^/]*bn[^/]*/scale$"
+from wormjax.selectors import BATCHNORM_SCALE_PATTERN
+from wormjax.variables import path_str
+
+# Matches the '/'-joined path of a BatchNorm scale, with or without 'params/' first:
+# the selectors' name pattern, defined once there.
+BN_SCALE_PATTERN = BATCHNORM_SCALE_PATTERN
 _BN_SCALE_RE = re.compile(BN_SCALE_PATTERN)
 
 # PyTorch's conv initialisation (kaiming_normal_, fan_out, relu) as used by torchvision.
@@ -188,11 +192,6 @@ def adaptive_avg_pool(x_BHWC: jax.Array, out_hw: tuple[int, int]) -> jax.Array:
     pool_h = jnp.asarray(_adaptive_pool_matrix(h, out_hw[0]), x_BHWC.dtype)
     pool_w = jnp.asarray(_adaptive_pool_matrix(w, out_hw[1]), x_BHWC.dtype)
     return jnp.einsum("bhwc,ph,qw->bpqc", x_BHWC, pool_h, pool_w)
-
-
-def path_str(path: Sequence[str]) -> str:
-    """Joins a module path with '/'."""
-    return "/".join(path)
 
 
 def is_bn_scale(path: Sequence[str]) -> bool:

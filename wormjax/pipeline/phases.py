@@ -10,6 +10,9 @@ from __future__ import annotations
 import functools
 import time
 
+import jax
+
+from wormjax import structured
 from wormjax import truncation as truncation_lib
 from wormjax.pipeline import compact_switch
 from wormjax.pipeline import divergence
@@ -154,6 +157,13 @@ def prune(run, progress: Progress, model, state, eb):
         pruned, nonzero = run.programs.prune(state.params, eb.newest_mask)
         variables = {"params": pruned.params, "batch_stats": state.batch_stats}
         param_mask = pruned.param_mask
+        if cfg.mode == "mask" and run.task.kind == "image":
+            # A silenced channel's conv filter and the input slices reading it are
+            # dead too (issue 15 item 4). BERT's masks are not channel tickets: its
+            # count stays the non-zero entries.
+            nonzero = structured.live_params(
+                run.task.model, jax.device_get(variables), run.programs.layout,
+                jax.device_get(eb.newest_mask))
     new_state = run.parallel.replicate(
         state_lib.create_train_state(variables, run.tx, run.seed))
     post, stale = evaluate(run, model, new_state)["accuracy"], None

@@ -19,7 +19,7 @@ import numpy as np
 from wormjax.surgery import rebuild as compact_lib
 from wormjax.surgery import graph as graph_lib
 
-__all__ = ["Cost", "pruned_cost", "traced_macs"]
+__all__ = ["Cost", "count_params", "pruned_cost", "traced_macs"]
 
 
 class Cost(NamedTuple):
@@ -59,8 +59,16 @@ def _xla_flops(fn, *args) -> float:
     return float((cost or {}).get("flops", float("nan")))
 
 
-def _count(variables) -> int:
-    tree = variables.get("params", variables)
+def count_params(variables) -> int:
+    """Number of trainable parameters (the 'params' collection; no BN statistics).
+
+    Args:
+      variables: ``{'params': ..., ...}`` or a bare params tree.
+
+    Returns:
+      The total number of entries.
+    """
+    tree = variables["params"] if "params" in variables else variables
     return int(sum(math.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(tree)))
 
 
@@ -87,7 +95,7 @@ def pruned_cost(model, variables, ticket: dict, example_input, **compact_kwargs)
                                   variables, x)
     run, _ = small._run(small.variables, (x,), False, None, kwargs)
     return Cost(
-        params_dense=_count(variables), params_pruned=small.num_params,
+        params_dense=count_params(variables), params_pruned=small.num_params,
         macs_dense=traced_macs(dense_graph) // batch,
         macs_pruned=traced_macs(run.graph, run.shape) // batch,
         flops_dense=_xla_flops(lambda v, x: model.apply(v, x, **kwargs),

@@ -108,7 +108,7 @@ def _zeros(graph, lab, keep, root, silenced):
             rest = [a for a in range(len(ins[0])) if a not in gone]
             out = {i: zin[0][a] for i, a in enumerate(rest) if a in zin[0]}
         elif name == "reshape":
-            for old, new in graph_lib._reshape_groups(ins[0], shape):
+            for old, new in graph_lib.reshape_groups(ins[0], shape):
                 hit = [a for a in old if a in zin[0]]
                 if len(hit) == 1 and len(new) == 1:
                     view = [1] * len(old)
@@ -223,12 +223,12 @@ def decide(graph, lab, ticket: dict, values: dict, *, min_channels: int = 1,
                 why.setdefault(int(q), reason)
             keep[r] = True
     keep = _enforce(graph, lab, keep, root, silenced, why)
-    floored, multiple = [], channel_multiple
+    # Counted before any top-up: every member of a coupled group is floored.
+    floored = [p for p, r in ticket_roots.items() if int(keep[r].sum()) < min_channels]
     for path, r in ticket_roots.items():
         count = int(keep[r].sum())
-        target = min(-(-max(min_channels, count) // multiple) * multiple, r.size)
-        if count < min_channels:
-            floored.append(path)
+        target = min(-(-max(min_channels, count) // channel_multiple) * channel_multiple,
+                     r.size)
         for i in np.argsort(-score[r], kind="stable"):
             if int(keep[r].sum()) >= target:
                 break
@@ -254,7 +254,8 @@ def keep_from_leaves(graph, lab, leaf_keep: dict) -> tuple:
     root = lab.ids.roots(np.arange(len(lab.ids.parent)))
     votes_keep, votes_drop = np.zeros(root.size, bool), np.zeros(root.size, bool)
     for path, key in zip(graph.leaf_paths, graph.leaf_keys):
-        for axis, factors in lab.of(key).items():
+        # Raw labels: one fresh factor per leaf axis (an alias votes for itself only).
+        for axis, factors in lab.axes.get(key, {}).items():
             mask = leaf_keep[path][axis]
             np.logical_or.at(votes_keep, root[factors[0]], mask)
             np.logical_or.at(votes_drop, root[factors[0]], ~mask)

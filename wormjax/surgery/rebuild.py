@@ -29,8 +29,10 @@ import numpy as np
 from wormjax.surgery import graph as graph_lib
 from wormjax.surgery import plan as plan_lib
 from wormjax.surgery.graph import Lit
+from wormjax.variables import path_str
 
-__all__ = ["Compact", "compact", "register_narrower", "eval_kwargs"]
+__all__ = ["Compact", "channel_plan", "compact", "from_plan", "register_narrower",
+           "eval_kwargs"]
 
 _NARROWERS: dict[type, Callable] = {}
 
@@ -122,10 +124,6 @@ def _take(value, mask, axis):
     return np.take(np.asarray(value), np.flatnonzero(mask), axis=axis)
 
 
-def _path(key_path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in key_path)
-
-
 def _abstract(tree):
     return jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(np.shape(x),
                                                                  jnp.result_type(x)),
@@ -149,12 +147,12 @@ class Compact:
     @property
     def num_params(self) -> int:
         """Entries of the compact 'params' collection."""
-        tree = self.variables.get("params", self.variables)
+        tree = self.variables["params"] if "params" in self.variables else self.variables
         return int(sum(math.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(tree)))
 
     def _run(self, variables, inputs, mutable, rngs, kwargs):
         flat, treedef = jax.tree_util.tree_flatten_with_path(variables)
-        paths = tuple(_path(p) for p, _ in flat)
+        paths = tuple(path_str(p) for p, _ in flat)
         unknown = [p for p in paths if p not in self._dense]
         if unknown:
             raise ValueError(f"variables {unknown[:3]} are not the compact model's")
@@ -217,6 +215,33 @@ def _check_ticket(ticket: dict, shapes: dict, model_name: str) -> dict:
     return out
 
 
+def channel_plan(model, variables, ticket: dict, *example_inputs, min_channels: int = 1,
+                 channel_multiple: int = 1, trace_kwargs: dict | None = None,
+                 companions=("bias",)) -> plan_lib.Plan:
+    """Which channels of every variable leaf survive a ticket; nothing is sliced.
+
+    Args as ``compact``; ``variables`` may be ``jax.ShapeDtypeStruct``s, and then
+    the floor adds the lowest-index channels (every score is zero).
+    """
+    if not example_inputs:
+        raise ValueError("compact needs an example input to trace the model with")
+    for name, value in (("min_channels", min_channels),
+                        ("channel_multiple", channel_multiple)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    flat, _ = jax.tree_util.tree_flatten_with_path(variables)
+    values = {path_str(p): (np.zeros(x.shape) if isinstance(x, jax.ShapeDtypeStruct)
+                         else x) for p, x in flat}
+    shapes = {p: tuple(np.shape(x)) for p, x in values.items()}
+    checked = _check_ticket(ticket, shapes, type(model).__name__)
+    kwargs = eval_kwargs(model) if trace_kwargs is None else dict(trace_kwargs)
+    graph = graph_lib.trace(lambda v, *x: model.apply(v, *x, **kwargs),
+                            _abstract(variables), *_abstract(example_inputs))
+    lab = graph_lib.propagate(graph)
+    return plan_lib.decide(graph, lab, checked, values, min_channels=min_channels,
+                           channel_multiple=channel_multiple, companions=companions)[2]
+
+
 def compact(model, variables, ticket: dict, *example_inputs, min_channels: int = 1,
             channel_multiple: int = 1, trace_kwargs: dict | None = None,
             companions=("bias",)) -> Compact:
@@ -241,39 +266,58 @@ def compact(model, variables, ticket: dict, *example_inputs, min_channels: int =
       ValueError: a ticket that does not match the model; ``UnsupportedOpError``
         (a ValueError) for an op the tracer cannot map channels through.
     """
-    if not example_inputs:
-        raise ValueError("compact needs an example input to trace the model with")
-    flat, _ = jax.tree_util.tree_flatten_with_path(variables)
-    values = {_path(p): x for p, x in flat}
-    dense = {p: jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x))
-             for p, x in values.items()}
-    name = type(model).__name__
-    checked = _check_ticket(ticket, {p: s.shape for p, s in dense.items()}, name)
+    plan = channel_plan(model, variables, ticket, *example_inputs,
+                        min_channels=min_channels, channel_multiple=channel_multiple,
+                        trace_kwargs=trace_kwargs, companions=companions)
+    return from_plan(model, variables, plan, *example_inputs,
+                     trace_kwargs=trace_kwargs, sliced=False)
+
+
+def from_plan(model, variables, plan, *example_inputs, trace_kwargs=None,
+              sliced: bool = False) -> Compact:
+    """The ``Compact`` of ``plan``: ``variables`` are dense (sliced here) or, with
+    ``sliced=True``, already the compact ones (a reload: the dense model's shapes come
+    from ``jax.eval_shape`` of its init on ``example_inputs``)."""
     kwargs = eval_kwargs(model) if trace_kwargs is None else dict(trace_kwargs)
-    graph = graph_lib.trace(lambda v, *x: model.apply(v, *x, **kwargs),
-                            _abstract(variables), *_abstract(example_inputs))
-    lab = graph_lib.propagate(graph)
-    _, _, plan = plan_lib.decide(graph, lab, checked, values,
-                                 min_channels=min_channels,
-                                 channel_multiple=channel_multiple,
-                                 companions=companions)
+    name = type(model).__name__
+    if sliced:
+        abstract = jax.eval_shape(lambda *x: model.init(jax.random.PRNGKey(0), *x,
+                                                        **kwargs),
+                                  *_abstract(example_inputs))
+        dense = {path_str(p): jax.ShapeDtypeStruct(x.shape, x.dtype)
+                 for p, x in jax.tree_util.tree_flatten_with_path(abstract)[0]}
+    else:
+        dense = {path_str(p): jax.ShapeDtypeStruct(np.shape(x), jnp.result_type(x))
+                 for p, x in jax.tree_util.tree_flatten_with_path(variables)[0]}
+    missing = sorted(set(plan.leaf_keep) ^ set(dense))
+    if missing:
+        raise ValueError(f"the plan does not match {name}'s variables: {missing[:4]}")
 
     def cut(key_path, leaf):
         out = leaf
-        for axis, mask in plan.leaf_keep[_path(key_path)].items():
+        for axis, mask in plan.leaf_keep[path_str(key_path)].items():
             out = _take(out, mask, axis)
         return jnp.asarray(out)
 
-    sliced = jax.tree_util.tree_map_with_path(cut, variables)
+    if not sliced:
+        variables = jax.tree_util.tree_map_with_path(cut, variables)
+    sliced = variables
+    for p, x in jax.tree_util.tree_flatten_with_path(sliced)[0]:
+        want = list(dense[path_str(p)].shape)
+        for axis, mask in plan.leaf_keep[path_str(p)].items():
+            want[axis] = int(np.sum(mask))
+        if tuple(np.shape(x)) != tuple(want):
+            raise ValueError(f"compact variable {path_str(p)!r} has shape {np.shape(x)}; "
+                             f"the plan keeps {tuple(want)}")
     module = None
     if type(model) in _NARROWERS:
-        shapes = {_path(p): np.shape(x)
+        shapes = {path_str(p): np.shape(x)
                   for p, x in jax.tree_util.tree_flatten_with_path(sliced)[0]}
         module = _NARROWERS[type(model)](model, shapes)
         built = jax.eval_shape(lambda *x: module.init(jax.random.PRNGKey(0), *x,
                                                       **kwargs),
                                *_abstract(example_inputs))
-        got = {_path(p): tuple(x.shape)
+        got = {path_str(p): tuple(x.shape)
                for p, x in jax.tree_util.tree_flatten_with_path(built)[0]}
         if got != {p: tuple(s) for p, s in shapes.items()}:
             raise ValueError(f"the narrower {name} registered for compact builds "
@@ -293,7 +337,7 @@ def silenced(variables, plan, ticket_paths, companions=("bias",)):
         targets.update([path] + [f"{module}/{c}" for c in companions])
 
     def visit(key_path, leaf):
-        path = _path(key_path)
+        path = path_str(key_path)
         if path not in targets:
             return leaf
         return jnp.where(plan.leaf_keep[path][0], leaf, 0).astype(jnp.result_type(leaf))
