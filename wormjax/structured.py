@@ -31,13 +31,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from wormjax import compact_io
+from wormjax import costs
 from wormjax import selectors as selectors_lib
 from wormjax import surgery
 from wormjax.compact_io import load_compact
 from wormjax.compact_io import read_compact_meta
 from wormjax.compact_io import save_compact
 from wormjax.models import common
-from wormjax.surgery.accounting import count_params
+from wormjax.costs import count_params
 from wormjax.variables import path_str
 
 __all__ = ["compact_channels", "build_compact", "count_params", "forward_flops",
@@ -193,56 +194,12 @@ def forward_flops(model: nn.Module, variables, input_shape: Sequence[int]) -> fl
     Returns:
       FLOPs per example, or nan where the backend reports none.
     """
-    compiled = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(
-        variables, jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost  # older jax: a list
-    return float((cost or {}).get("flops", float("nan"))) / input_shape[0]
+    return costs.flops_per_example(lambda v, x: model.apply(v, x, train=False), variables,
+                                   jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32))
 
 
-def _taps(size: int, kernel: int, stride: int, pad: int, out: int) -> int:
-    """(output position, kernel tap) pairs that read the input, not the zero padding."""
-    return sum(0 <= o * stride - pad + t < size
-               for o in range(out) for t in range(kernel))
-
-
-def conv_dense_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
-    """Analytic multiply-accumulates per example of the Conv and Dense layers.
-
-    Taps on zero padding are not counted (nor does XLA; on a CIFAR VGG's 2x2 maps most
-    taps are), nor are BN, pooling and biases: ``2 * macs`` is a bit below XLA's FLOPs.
-
-    Args:
-      model: the model.
-      input_shape: the input batch shape (B, H, W, C); nothing is computed.
-
-    Returns:
-      MACs for one example.
-    """
-    macs = []
-
-    def count(next_fun, args, kwargs, context):
-        out, module = next_fun(*args, **kwargs), context.module
-        if context.method_name != "__call__":
-            return out
-        fan = args[0].shape[-1] * out.shape[-1]
-        if isinstance(module, nn.Conv):  # the four CNNs pad explicitly
-            strides = np.broadcast_to(module.strides or 1, len(module.kernel_size))
-            macs.append(fan * math.prod(
-                _taps(n, k, s, p[0], o) for n, k, s, p, o in zip(
-                    args[0].shape[1:-1], module.kernel_size, strides, module.padding,
-                    out.shape[1:-1])))
-        elif isinstance(module, nn.Dense):
-            macs.append(fan)
-        return out
-
-    def run():
-        with nn.intercept_methods(count):
-            return model.init(jax.random.PRNGKey(0),
-                              jnp.zeros(tuple(input_shape), jnp.float32), train=False)
-
-    jax.eval_shape(run)
-    return int(sum(macs))
+# The analytic conv/dense count lives with the other costs.
+conv_dense_macs = costs.conv_dense_macs
 
 
 def _narrower(model, shapes: dict):

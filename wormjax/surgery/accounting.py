@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from wormjax import costs
 from wormjax.surgery import rebuild as compact_lib
 from wormjax.surgery import graph as graph_lib
 
@@ -54,22 +55,11 @@ def traced_macs(graph, shape_of=None) -> int:
 
 
 def _xla_flops(fn, *args) -> float:
-    cost = jax.jit(fn).lower(*args).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float((cost or {}).get("flops", float("nan")))
+    return costs.xla_flops(fn, *args)
 
 
-def count_params(variables) -> int:
-    """Number of trainable parameters (the 'params' collection; no BN statistics).
-
-    Args:
-      variables: ``{'params': ..., ...}`` or a bare params tree.
-
-    Returns:
-      The total number of entries.
-    """
-    tree = variables["params"] if "params" in variables else variables
-    return int(sum(math.prod(np.shape(x)) for x in jax.tree_util.tree_leaves(tree)))
+# Re-exported: the one parameter count (``wormjax.costs``).
+count_params = costs.count_params
 
 
 def pruned_cost(model, variables, ticket: dict, example_input, **compact_kwargs) -> Cost:
