@@ -412,6 +412,10 @@ def test_an_nnx_module_compacts_to_a_narrower_nnx_module():
               "bn2/scale": np.array([0, 0, 0, 0, 0], bool)}  # emptied: the floor
     small, plan = wormjax.compact_nnx(module, ticket, x)
     assert type(small) is NnxNet and plan.floored == ("bn2/scale",)
+    # wormjax.compact dispatches an NNX module to the same path.
+    again, again_plan = wormjax.compact(module, ticket, x)
+    assert again_plan.leaf_keep.keys() == plan.leaf_keep.keys()
+    assert again.fc.kernel[...].shape == small.fc.kernel[...].shape
     assert small.conv2.kernel[...].shape == (3, 3, 3, 1)
     assert small.fc.kernel[...].shape == (1, 3)
     dense = nnx.clone(module)
