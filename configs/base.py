@@ -58,6 +58,12 @@ def get_config() -> ml_collections.ConfigDict:
     c.search = ml_collections.ConfigDict()
     c.search.schedule = "worm"  # none (EB Train) | worm | always | greedy
     c.search.prune_ratio = 0.5  # p: fraction of representative entries pruned
+    # Several detectors over one training, e.g. "0.3,0.5,0.7" (the EB code):
+    # each ratio's ticket is pruned and retrained as its own arm; "" = prune_ratio.
+    c.search.prune_ratios = ""
+    # The ratio whose mask and trigger drive truncation when several are searched
+    # (a truncating schedule needs one); 0 = not named.
+    c.search.primary_ratio = 0.0
     c.search.window = 5  # l: masks in the FIFO window
     c.search.stop_distance = 0.1  # s: stop when every distance <= s
     c.search.trigger_margin = 0.05  # delta: WORM starts once d_avg < s + delta

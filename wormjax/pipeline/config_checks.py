@@ -21,6 +21,7 @@ from wormjax.data import glue as glue_lib
 from wormjax.data import images as images_lib
 from wormjax.data import pipeline
 from wormjax.pipeline import state as state_lib
+from wormjax.pipeline import variants as variants_lib
 
 __all__ = ["TASKS", "FIELDS", "TEXT_FIELDS", "known_fields", "flatten",
            "unknown_field_message", "check_config"]
@@ -152,6 +153,14 @@ def _authors_qk_bug(name, value, config) -> None:
                          "combined with search.include_value=True (Q+K+V)")
 
 
+def _prune_ratios(name, value, config) -> None:
+    # Entries, distinctness and the primary ratio: variants.prune_ratios and
+    # multi_config (validate_config builds the latter for every arm).
+    if variants_lib.prune_ratios(config) and config.search.get("authors_qk_mask_bug"):
+        raise ValueError(f"{name}={value!r} cannot be combined with "
+                         "search.authors_qk_mask_bug=True (one ratio only)")
+
+
 def _mesh_data(name, value, config) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not (
             value == -1 or value >= 1):
@@ -204,6 +213,8 @@ FIELDS: dict[str, Check] = {
     "optim.reset_each_epoch": _boolean,
     "search.schedule": _choice(*search_lib.SCHEDULES),
     "search.prune_ratio": _interval(_validate.open_interval, 0.0, 1.0),
+    "search.prune_ratios": _prune_ratios,
+    "search.primary_ratio": _interval(_validate.closed_open_interval, 0.0, 1.0),
     "search.window": _integer(2),
     "search.stop_distance": _interval(_validate.half_open_interval, 0.0, 1.0),
     "search.trigger_margin": _interval(_validate.closed_interval, 0.0, 1.0),

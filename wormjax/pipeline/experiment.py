@@ -7,6 +7,7 @@ paper's Tables II and III; ``experiment.sweep_ratios`` gives Table I.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -20,6 +21,7 @@ from wormjax.pipeline import checkpoint as ckpt_lib
 from wormjax.pipeline import config_checks
 from wormjax.pipeline import distributed
 from wormjax.pipeline import interrupt
+from wormjax.pipeline import multi_ratio
 from wormjax.pipeline import plots
 from wormjax.pipeline import programs as programs_lib
 from wormjax.pipeline import report
@@ -42,6 +44,7 @@ def validate_config(config) -> list[variants_lib.Variant]:
     variants = variants_from_config(config)
     for v in variants:  # EarlyBirdConfig validates p, l, s, delta, r
         variants_lib.search_config(config, v)
+        variants_lib.multi_config(config, v)  # several ratios: who drives truncation
     return variants
 
 
@@ -60,6 +63,14 @@ def _task_class(config):
 
 def _make_task(config):
     return _task_class(config)(config)
+
+
+@contextlib.contextmanager
+def _open_log(workdir: str, seed: int, name: str):
+    """The ``RunLog`` of run ``name``, writing to the experiment's metrics files."""
+    # Opened before the run so its set-up cost stays out of the timings.
+    with report.MetricsWriter(workdir, name, seed) as writer:
+        yield run_lib.RunLog(functools.partial(_log_record, writer), writer.rewind)
 
 
 def _log_record(writer: report.MetricsWriter, record: dict) -> None:
@@ -122,15 +133,18 @@ def _run_locked(config, workdir: str, variants, print_fn) -> dict:
     for seed in seeds:
         for variant in variants:
             _stop_if_requested(f"before {variant.name} seed {seed}")
-            run_dir = os.path.join(workdir, f"{variant.name}_seed{seed}")
-            # Opened before the run so its set-up cost stays out of the timings.
-            with report.MetricsWriter(workdir, variant.name, seed) as writer:
-                log = run_lib.RunLog(functools.partial(_log_record, writer),
-                                     writer.rewind)
-                run_summary = run_lib.run_variant(task, config, programs, parallel,
-                                                  variant, seed, run_dir, log)
-            report.write_summary(os.path.join(run_dir, "summary.json"), run_summary)
-            summaries.append(run_summary)
+            open_log = functools.partial(_open_log, workdir, seed)
+            if variants_lib.multi_config(config, variant) is not None:
+                arms = multi_ratio.run_multi(task, config, programs, parallel, variant,
+                                             seed, workdir, open_log)
+            else:
+                run_dir = os.path.join(workdir, f"{variant.name}_seed{seed}")
+                with open_log(variant.name) as log:
+                    arms = [(run_dir, run_lib.run_variant(
+                        task, config, programs, parallel, variant, seed, run_dir, log))]
+            for run_dir, run_summary in arms:
+                report.write_summary(os.path.join(run_dir, "summary.json"), run_summary)
+                summaries.append(run_summary)
 
     tables = {"comparison": tables_lib.comparison_table(
         summaries, max_retrain_epochs=config.retrain.max_epochs,

@@ -25,7 +25,7 @@ from wormjax.pipeline import steps as steps_lib
 from wormjax.pipeline import summary as summary_lib
 from wormjax.pipeline.progress import Progress
 
-__all__ = ["train_one_epoch", "evaluate", "search", "prune", "retrain"]
+__all__ = ["train_one_epoch", "evaluate", "SingleSearch", "search", "prune", "retrain"]
 
 
 def train_one_epoch(run, progress: Progress, state, step_fn, phase: str, epoch: int,
@@ -34,6 +34,7 @@ def train_one_epoch(run, progress: Progress, state, step_fn, phase: str, epoch: 
 
     Args:
       tree: the rest of the checkpoint tree (eb, param_mask) if it stops.
+      eb: the one-ratio search state the progress bar describes, if any.
       acc: the metric accumulator of a checkpoint written inside this epoch.
 
     Returns:
@@ -92,35 +93,82 @@ def _train_step(model, state, batch, acc, *, truncation, param_mask=None):
     return model.steps.train_masked(state, batch, truncation, acc, param_mask)
 
 
-def search(run, progress: Progress, model, state, eb, acc=None):
+class SingleSearch:
+    """The paper's search: one Early-Bird state, one prune ratio.
+
+    ``search`` asks its searcher for the epoch-end update, the stop test, the
+    truncation the next epoch trains with and the record fields of the state;
+    ``multi_ratio.MultiSearch`` answers the same for several ratios at once.
+    """
+
+    def __init__(self, run):
+        self.run = run
+
+    def update(self, eb, params):
+        """The epoch-end Early-Bird update (the public ``early_bird(...).update``)."""
+        return self.run.programs.eb_update(self.run.search_config, eb, params)
+
+    def view(self, eb):
+        """The one-ratio state the records, the bar and the checks describe."""
+        return eb
+
+    def converged(self, eb) -> bool:
+        """True once the search has drawn its ticket."""
+        return bool(eb.converged)
+
+    def truncation(self, eb):
+        """The truncation the next epoch's steps apply."""
+        return truncation_lib.truncation_from_eb_state(eb)
+
+    def record_fields(self, eb, truncation) -> dict:
+        """``epoch_record`` arguments describing the search state."""
+        del truncation  # the state's own flag and r are the truncation's
+        return {"eb": eb}
+
+    def drawn(self, progress: Progress, state, eb, epoch: int) -> Progress:
+        """Called after every update: the place to save a ticket as it is drawn."""
+        del state, eb, epoch
+        return progress
+
+
+def search(run, progress: Progress, model, state, eb, acc=None, searcher=None):
     """Trains with the Early-Bird search until the ticket converges or time is up.
+
+    Args:
+      searcher: what the search holds (default ``SingleSearch(run)``).
 
     Returns:
       ``(progress, state, eb)``; ``progress.ticket`` says where the search ended.
     """
+    searcher = searcher or SingleSearch(run)
     max_epochs = run.config.search.max_epochs
     while progress.epoch < max_epochs:
         epoch, t0 = progress.epoch, resume.epoch_start(progress)
         if not progress.step_in_epoch:  # else resumed inside: eb is updated
-            eb = run.programs.eb_update(run.search_config, eb, state.params)
-            divergence.check_search_state(eb, epoch)
-        if bool(eb.converged):
+            eb = searcher.update(eb, state.params)
+            divergence.check_search_state(searcher.view(eb), epoch)
+        progress = searcher.drawn(progress, state, eb, epoch)
+        truncation = searcher.truncation(eb)
+        if searcher.converged(eb):
             progress = progress.add_time("search", time.perf_counter() - t0)
             progress = _record(run, progress, summary_lib.epoch_record(
-                run.variant, run.seed, "search", epoch, eb=eb))
+                run.variant, run.seed, "search", epoch,
+                **searcher.record_fields(eb, truncation)))
             return progress.replace(ticket={"epoch": epoch, "converged": True}), state, eb
-        truncation = run.parallel.replicate(truncation_lib.truncation_from_eb_state(eb))
-        step_fn = functools.partial(_train_step, model, truncation=truncation)
+        step_fn = functools.partial(_train_step, model,
+                                    truncation=run.parallel.replicate(truncation))
         progress, state, train_metrics = train_one_epoch(
-            run, progress, state, step_fn, "search", epoch, t0, {"eb": eb}, eb, acc)
+            run, progress, state, step_fn, "search", epoch, t0, {"eb": eb},
+            searcher.view(eb), acc)
         acc = None
         evaluation = evaluate(run, model, state)
         seconds = time.perf_counter() - t0
         progress = _record(run, progress.add_time("search", seconds),
                            summary_lib.epoch_record(
-                               run.variant, run.seed, "search", epoch, eb=eb,
+                               run.variant, run.seed, "search", epoch,
                                train=train_metrics, evaluation=evaluation,
-                               seconds=seconds, steps=run.task.steps_per_epoch))
+                               seconds=seconds, steps=run.task.steps_per_epoch,
+                               **searcher.record_fields(eb, truncation)))
         progress = progress.replace(epoch=epoch + 1)
         resume.save(run, progress, resume.checkpoint_tree(state, eb))
     return progress.replace(ticket={"epoch": max_epochs, "converged": False}), state, eb
@@ -154,7 +202,8 @@ def prune(run, progress: Progress, model, state, eb):
         progress = progress.replace(structured=info)
         param_mask, nonzero = None, info["params_compact"]
     else:
-        pruned, nonzero = run.programs.prune(state.params, eb.newest_mask)
+        pruned, nonzero = run.programs.prune(state.params, eb.newest_mask,
+                                             run.search_config.prune_ratio)
         variables = {"params": pruned.params, "batch_stats": state.batch_stats}
         param_mask = pruned.param_mask
         if cfg.mode == "mask" and run.task.kind == "image":

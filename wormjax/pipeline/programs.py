@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from wormjax import costs as costs_lib
+from wormjax import multi_search
 from wormjax import pruning
 from wormjax import quirks
 from wormjax import search as search_lib
@@ -58,12 +59,22 @@ class Programs:
     # bool [N] of the entries whose mask differences count; None: all (the
     # paper). Set by search.authors_qk_mask_bug (``wormjax.quirks``).
     counted: Any = None
+    # search.prune_ratios: shared search config -> its multi-ratio search, and
+    # its update jitted once more around the trace counter.
+    multis: Mapping[search_lib.EarlyBirdConfig, multi_search.MultiRatioSearch] = (
+        dataclasses.field(default_factory=dict))
+    multi_updates: Mapping[search_lib.EarlyBirdConfig, Callable] = dataclasses.field(
+        default_factory=dict)
 
     def eb_update(self, search_config, eb, params):
         """The epoch-end Early-Bird update of ``search_config`` on ``params``."""
         # ``counted`` (search.authors_qk_mask_bug) is an argument: one compile.
         return self.eb_updates[search_config](eb, self.layout.representative(params),
                                               self.counted)
+
+    def multi_update(self, search_config, eb, params):
+        """The epoch-end update of every detector of ``search_config``'s ratios."""
+        return self.multi_updates[search_config](eb, self.layout.representative(params))
 
     def compile_counts(self) -> dict[str, int]:
         """Compilations so far, by program name."""
@@ -81,16 +92,25 @@ def _counted_update(search: search_lib.EarlyBirdSearch, counter) -> Callable:
     return jax.jit(update)
 
 
+def _counted_multi_update(search: multi_search.MultiRatioSearch, counter) -> Callable:
+    def update(eb, representative):
+        counter.hit("eb_update")
+        return multi_search.update(eb, representative, search.config)
+    return jax.jit(update)
+
+
 def _prune_program(config, task, layout, counter) -> Callable:
-    def prune(params, keep_flat):
+    # The ratio is static (reference pruning counts entries per tensor): one
+    # compilation per ratio an experiment prunes at.
+    def prune(params, keep_flat, prune_ratio):
         counter.hit("prune")
         out = pruning.prune(
             config.pruning.mode, params, layout=layout, keep_flat=keep_flat,
-            prune_ratio=config.search.prune_ratio,
+            prune_ratio=prune_ratio,
             persistent_reference_mask=task.persistent_reference_mask)
         nonzero = sum(jnp.count_nonzero(x) for x in jax.tree_util.tree_leaves(out.params))
         return out, nonzero
-    return jax.jit(prune)
+    return jax.jit(prune, static_argnums=2)
 
 
 def build_programs(config, task: Task, variants, variables) -> Programs:
@@ -115,10 +135,16 @@ def build_programs(config, task: Task, variants, variables) -> Programs:
         txs[placement] = state_lib.make_optimizer(
             config.optim, task.selector, total_steps=total_steps, placement=placement)
         steps[placement] = steps_lib.make_steps(task.forward, txs[placement], counter)
-    searches = {}
+    searches, multis = {}, {}
     for variant in variants:
         search_config = variants_lib.search_config(config, variant)
-        searches.setdefault(search_config, search_lib.early_bird(search_config))
+        multi = variants_lib.multi_config(config, variant)
+        if multi is None:
+            searches.setdefault(search_config, search_lib.early_bird(search_config))
+        else:
+            multis.setdefault(search_config, multi_search.early_bird_multi(
+                search_config, prune_ratios=multi.prune_ratios,
+                primary_ratio=multi.primary_ratio))
     flops = task.forward_flops(variables)
     costs = Costs(flops_per_example=flops.longest, train_flops_per_example=flops.train,
                   num_params=costs_lib.count_params(variables))
@@ -127,7 +153,9 @@ def build_programs(config, task: Task, variants, variables) -> Programs:
                     eb_updates={c: _counted_update(s, counter) for c, s in searches.items()},
                     prune=_prune_program(config, task, layout, counter),
                     recalibrate=recalibration.stats_fn(task.forward, counter), costs=costs,
-                    counted=counted)
+                    counted=counted, multis=multis,
+                    multi_updates={c: _counted_multi_update(m, counter)
+                                   for c, m in multis.items()})
 
 
 def _masked_retraining(config, task) -> bool:
@@ -173,8 +201,14 @@ def warm_up(programs: Programs, config, task, parallel, variables) -> float:
         eb = place(search.init(programs.layout.num_entries))
         eb = programs.eb_update(search_config, eb, variables["params"])
         jax.block_until_ready(eb)
+    for search_config, multi in programs.multis.items():
+        stacked = place(multi.init(programs.layout.num_entries))
+        stacked = programs.multi_update(search_config, stacked, variables["params"])
+        eb = multi_search.multi_ratio_state(stacked, 0)
     if config.pruning.mode != "structured":  # structured compiles per ticket
-        jax.block_until_ready(programs.prune(variables["params"], eb.newest_mask))
+        for ratio in variants_lib.prune_ratios(config) or (config.search.prune_ratio,):
+            jax.block_until_ready(programs.prune(variables["params"], eb.newest_mask,
+                                                 ratio))
     seconds = time.perf_counter() - start
     logging.info("compiled in %.1f s: %s", seconds, programs.compile_counts())
     return seconds
@@ -184,8 +218,9 @@ def _log_compiling(programs: Programs, config, masked: bool, train_shapes: int,
                    eval_shapes: int) -> None:
     """Says what the silent warm-up is doing, since it can take minutes."""
     count = len(programs.steps) * (train_shapes * (2 if masked else 1) + eval_shapes)
-    count += len(programs.searches)
-    count += config.pruning.mode != "structured"  # the prune step
+    count += len(programs.searches) + len(programs.multis)
+    ratios = variants_lib.prune_ratios(config) or (None,)
+    count += (config.pruning.mode != "structured") * len(ratios)  # the prune steps
     cache = jax.config.jax_compilation_cache_dir
     logging.info(
         "compiling %d step programs: on a first run this can take a minute or two; %s",

@@ -16,7 +16,9 @@ from wormjax.pipeline import report
 
 __all__ = ["PHASES", "Progress"]
 
-PHASES = ("search", "retrain", "done")  # prune happens between two checkpoints
+# Prune happens between two checkpoints. "ticket": a drawn ticket not yet
+# pruned, the state a multi-ratio search saves for each ratio's own arm.
+PHASES = ("search", "ticket", "retrain", "done")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +37,9 @@ class Progress:
     times: dict = dataclasses.field(
         default_factory=lambda: {"search": 0.0, "prune": 0.0, "retrain": 0.0})
     ticket: dict | None = None  # {"epoch", "converged"} once the search ends
+    # Multi-ratio search: str(ratio) -> {"epoch", "converged", "step"} of each
+    # ticket saved so far (``multi_ratio``).
+    tickets: dict | None = None
     pre_prune_accuracy: float | None = None
     post_prune_accuracy: float | None = None
     post_prune_accuracy_before_recalibration: float | None = None

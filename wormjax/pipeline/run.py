@@ -15,6 +15,7 @@ import dataclasses
 import os
 from typing import Any, Callable
 
+from wormjax import search as search_lib
 from wormjax.pipeline import checkpoint as ckpt_lib
 from wormjax.pipeline import compact_switch
 from wormjax.pipeline import divergence
@@ -25,7 +26,7 @@ from wormjax.pipeline import summary as summary_lib
 from wormjax.pipeline import variants as variants_lib
 from wormjax.pipeline.variants import Variant
 
-__all__ = ["Variant", "RunLog", "Run", "run_variant"]
+__all__ = ["Variant", "RunLog", "Run", "make_run", "run_variant", "continue_run"]
 
 
 class RunLog:
@@ -71,6 +72,15 @@ class Run:
         return variants_lib.search_config(self.config, self.variant)
 
 
+def make_run(task, config, programs, parallel, variant: Variant, seed: int,
+             workdir: str, log: RunLog | None = None) -> Run:
+    """The context of one run, checkpointing into ``<workdir>/checkpoints``."""
+    ckpt = ckpt_lib.RunCheckpointer(os.path.join(workdir, "checkpoints"),
+                                    max_to_keep=config.checkpoint.max_to_keep)
+    return Run(task, config, programs, parallel, variant, seed, workdir, ckpt,
+               log or RunLog())
+
+
 def run_variant(task, config, programs, parallel, variant: Variant, seed: int,
                 workdir: str, log: RunLog | None = None) -> dict:
     """Runs (or resumes) one variant from ``seed`` to its summary.
@@ -78,43 +88,68 @@ def run_variant(task, config, programs, parallel, variant: Variant, seed: int,
     The initial weights and the data order depend on ``seed`` only, so every
     variant of an experiment starts from the same initialisation.
     """
-    ckpt = ckpt_lib.RunCheckpointer(os.path.join(workdir, "checkpoints"),
-                                    max_to_keep=config.checkpoint.max_to_keep)
-    run = Run(task, config, programs, parallel, variant, seed, workdir, ckpt,
-              log or RunLog())
+    return continue_run(make_run(task, config, programs, parallel, variant, seed,
+                                 workdir, log))
+
+
+def _restore(run, ticket_checkpoints: str | None):
+    # Replicated on every device; restored checkpoints land the same way,
+    # whatever device count wrote them.
+    state = run.parallel.replicate(state_lib.create_train_state(
+        run.task.init_variables(run.seed), run.tx, run.seed))
+    eb = run.parallel.replicate(search_lib.init(run.programs.layout.num_entries,
+                                                run.search_config))
+    if ticket_checkpoints is None or run.ckpt.latest_step() is not None:
+        return resume.restore_or_init(run, state, eb)
+    source = dataclasses.replace(run, ckpt=ckpt_lib.RunCheckpointer(ticket_checkpoints,
+                                                                    max_to_keep=1))
     try:
-        # Replicated on every device; restored checkpoints land the same way,
-        # whatever device count wrote them.
-        state = parallel.replicate(state_lib.create_train_state(
-            task.init_variables(seed), run.tx, seed))
-        eb = parallel.replicate(programs.searches[run.search_config].init(
-            programs.layout.num_entries))
-        progress, tree = resume.restore_or_init(run, state, eb)
+        progress, tree = resume.restore_or_init(source, state, eb)
+    finally:
+        source.ckpt.close()
+    if progress.phase != "ticket":  # unreadable: set aside, nothing left
+        raise ckpt_lib.CorruptCheckpointError(
+            f"the ticket in {ticket_checkpoints} is unreadable, so {run.variant.name} "
+            "cannot start; delete its search's folder to search again")
+    return progress, tree
+
+
+def continue_run(run: Run, ticket_checkpoints: str | None = None) -> dict:
+    """Runs ``run`` to its summary from its newest checkpoint, or else its start.
+
+    Args:
+      ticket_checkpoints: where a multi-ratio search saved this arm's ticket
+        (``multi_ratio``): a run with no checkpoint of its own starts from it.
+    """
+    try:
+        progress, tree = _restore(run, ticket_checkpoints)
         state, eb, mask, acc = (tree["state"], tree["eb"], tree.get("param_mask"),
                                 tree.get("acc"))
-        model = (compact_switch.compact(task, run.tx, programs.counter,
+        programs, variant = run.programs, run.variant
+        model = (compact_switch.compact(run.task, run.tx, programs.counter,
                                         progress.structured["channels"])
                  if progress.structured else compact_switch.dense(programs,
                                                                   variant.placement))
         if progress.phase == "search":
             progress, state, eb = phases.search(run, progress, model, state, eb, acc)
+        if progress.phase in ("search", "ticket"):
             progress, model, state, mask = phases.prune(run, progress, model, state, eb)
             acc = None
         if progress.phase == "retrain":
             progress, state = phases.retrain(run, progress, model, state, eb, mask, acc)
             if model.model is not None:  # again on a re-run: same bytes
-                compact_switch.save_compact_model(workdir, model.model, state, {
-                    "variant": variant.name, "seed": seed, "ticket": progress.ticket,
+                compact_switch.save_compact_model(run.workdir, model.model, state, {
+                    "variant": variant.name, "seed": run.seed, "ticket": progress.ticket,
                     "restore_epochs": progress.restore_epochs,
-                    "prune_ratio": config.search.prune_ratio})
+                    "prune_ratio": run.search_config.prune_ratio})
             progress = progress.replace(phase="done")  # the last checkpoint ends it
-        return summary_lib.run_summary(progress, task=task, config=config,
-                                       variant=variant, seed=seed,
+        return summary_lib.run_summary(progress, task=run.task, config=run.config,
+                                       variant=variant, seed=run.seed,
                                        costs=programs.costs)
     except divergence.NonFiniteError as err:
-        ckpt.wait()  # the failing epoch wrote none: the newest is the one to name
-        step = ckpt.latest_step()
-        meta = ckpt.restore_meta(step) if step is not None else {}
-        raise divergence.with_checkpoint_note(err, ckpt, meta) from None
+        run.ckpt.wait()  # the failing epoch wrote none: the newest is the one to name
+        step = run.ckpt.latest_step()
+        meta = run.ckpt.restore_meta(step) if step is not None else {}
+        raise divergence.with_checkpoint_note(err, run.ckpt, meta) from None
     finally:
-        ckpt.close()
+        run.ckpt.close()

@@ -12,11 +12,13 @@ __all__ = ["epoch_record", "bar_label", "restore_target",
 
 def epoch_record(variant: Variant, seed: int, phase: str, epoch: int, eb=None,
                  train=None, evaluation=None, seconds=0.0, steps=0,
-                 truncation=None) -> dict:
+                 truncation=None, ratios=None) -> dict:
     """One line of ``metrics.jsonl`` and of the summary's trajectory.
 
     "ratio" is the multiplier in effect: 1.0 while truncation is off, whatever
     r the search holds for later. "eval_f1" only where ``evaluation`` kept one.
+    ``ratios`` (a multi-ratio search) is every detector's distances, listed as
+    "prune_ratios"; the top-level distances are then the primary ratio's.
     """
     rec = {"kind": "epoch", "variant": variant.name, "seed": seed, "phase": phase,
            "epoch": epoch, "d_max": None, "d_avg": None, "dists": None,
@@ -28,6 +30,8 @@ def epoch_record(variant: Variant, seed: int, phase: str, epoch: int, eb=None,
                    dists=[float(d) for d in eb.dists],
                    truncation_active=bool(eb.active),
                    ratio=float(eb.ratio) if bool(eb.active) else 1.0)
+    if ratios is not None:
+        rec["prune_ratios"] = ratios
     if truncation is not None:
         rec.update(truncation_active=bool(truncation.active),
                    ratio=float(truncation.ratio) if bool(truncation.active) else 1.0)
@@ -84,6 +88,8 @@ def run_summary(progress: Progress, *, task, config, variant: Variant, seed: int
         "variant": variant.name, "schedule": variant.schedule,
         "placement": variant.placement, "seed": seed,
         "truncation_ratio": variant.truncation_ratio,
+        "prune_ratio": (srch.prune_ratio if variant.prune_ratio is None
+                        else variant.prune_ratio),
         "converged": progress.ticket["converged"],
         "ticket_epoch": progress.ticket["epoch"],
         "stop_distance": srch.stop_distance,

@@ -1,14 +1,21 @@
-"""The arms of an experiment (EB Train, WORM, sweeps) and each arm's search config."""
+"""The arms of an experiment (EB Train, WORM, sweeps) and each arm's search config.
+
+With ``search.prune_ratios`` one arm's training feeds several Early-Bird
+detectors (``wormjax.multi_search``); each ratio's ticket is then pruned and
+retrained as an arm of its own, named ``<arm>_p<ratio>`` (``ratio_variant``).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 
 from wormjax import _validate
+from wormjax import multi_search
 from wormjax import search as search_lib
 from wormjax.pipeline import state as state_lib
 
-__all__ = ["Variant", "variants_from_config", "search_config"]
+__all__ = ["Variant", "variants_from_config", "search_config", "prune_ratios",
+           "multi_config", "ratio_variant"]
 
 _VARIANT_NAMES = {"none": "eb", "worm": "worm", "always": "always", "greedy": "greedy"}
 
@@ -21,6 +28,8 @@ class Variant:
     schedule: str
     truncation_ratio: float
     placement: str = "gradient"
+    # Set on the per-ratio arms of a multi-ratio search; None: search.prune_ratio.
+    prune_ratio: float | None = None
 
 
 def _csv(text) -> list[str]:
@@ -59,7 +68,56 @@ def variants_from_config(config) -> list[Variant]:
 def search_config(config, variant: Variant) -> search_lib.EarlyBirdConfig:
     """The Early-Bird search of ``variant`` (validates p, l, s, delta, r)."""
     s = config.search
+    ratio = s.prune_ratio if variant.prune_ratio is None else variant.prune_ratio
     return search_lib.EarlyBirdConfig(
-        prune_ratio=s.prune_ratio, window=s.window, stop_distance=s.stop_distance,
+        prune_ratio=ratio, window=s.window, stop_distance=s.stop_distance,
         trigger_margin=s.trigger_margin, truncation_ratio=variant.truncation_ratio,
         schedule=variant.schedule)
+
+
+def prune_ratios(config) -> tuple[float, ...] | None:
+    """``search.prune_ratios`` as floats; None when it is empty (one ratio)."""
+    given, primary = config.search.get("prune_ratios", ""), config.search.get(
+        "primary_ratio", 0.0)
+    text = _csv(given)
+    if not text:
+        if primary:
+            raise ValueError(f"search.primary_ratio={primary!r} names one of "
+                             "search.prune_ratios, which is empty; allowed: 0")
+        return None
+    ratios = []
+    for t in text:
+        try:
+            ratios.append(float(t))
+        except ValueError:
+            raise ValueError(f"search.prune_ratios={given!r}: entry {t!r} is not a "
+                             "number; allowed: comma-separated ratios in (0, 1) such as "
+                             "'0.3,0.5,0.7', or '' for search.prune_ratio alone") from None
+        _validate.open_interval("search.prune_ratios entry", ratios[-1], 0.0, 1.0)
+    if len(set(ratios)) != len(ratios):
+        raise ValueError(f"search.prune_ratios={given!r}: the ratios must be distinct")
+    return tuple(ratios)
+
+
+def multi_config(config, variant: Variant) -> multi_search.MultiRatioConfig | None:
+    """The multi-ratio search of ``variant``, or None for the one-ratio search.
+
+    Raises ``ValueError`` for an ambiguous config: several ratios, a truncating
+    schedule and no ``search.primary_ratio`` (truncation can follow one mask).
+    """
+    ratios = prune_ratios(config)
+    if ratios is None:
+        return None
+    primary = config.search.get("primary_ratio", 0.0) or None  # 0: not named
+    try:
+        return multi_search.MultiRatioConfig(search_config(config, variant), ratios,
+                                             primary)
+    except ValueError as err:
+        raise ValueError(f"search.prune_ratios={config.search.prune_ratios!r}, "
+                         f"arm {variant.name!r}: {err}") from None
+
+
+def ratio_variant(variant: Variant, prune_ratio: float) -> Variant:
+    """The arm that prunes and retrains ``variant``'s ticket of ``prune_ratio``."""
+    return dataclasses.replace(variant, name=f"{variant.name}_p{prune_ratio:g}",
+                               prune_ratio=float(prune_ratio))
