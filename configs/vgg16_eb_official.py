@@ -24,8 +24,11 @@ The EB code retrains the whole schedule; wormjax stops at ``retrain.target``
 (0.9 absolute): ``--config.retrain.target=1.0`` retrains every epoch.
 
 Pruning is ``structured``, as the EB code's ``vggprune.py``: a physically
-narrower VGG-16 is retrained. One prune ratio, p = 0.5, for now (the EB code
-runs p = 0.3, 0.5 and 0.7 at once).
+narrower VGG-16 is retrained. Three detectors, p = 0.3, 0.5 and 0.7, watch one
+training, as in the EB code (``search.prune_ratios``); each ticket is saved
+when its detector stops (``tickets/EB-<p>-<epoch>``) and pruned and retrained
+as its own arm (``eb_p0.3`` ...). ``--config.search.prune_ratios=`` searches
+``search.prune_ratio`` alone.
 
   python launch.py --config=configs/vgg16_eb_official.py --config.data.dir=/path/to/cifar-10-python.tar.gz
 """
@@ -54,7 +57,8 @@ def get_config(model_name: str = "cifar_vgg16"):
     c.optim.eval_batch_size = 500
 
     c.search.schedule = "none"  # EB Train: no WORM truncation
-    c.search.prune_ratio = 0.5
+    c.search.prune_ratio = 0.5  # with prune_ratios="": the one ratio
+    c.search.prune_ratios = "0.3,0.5,0.7"  # EB's three detectors
     c.search.window = 5  # EB's epoch_keep
     c.search.stop_distance = 0.1  # EB: every distance <= 0.1
     c.search.max_epochs = 32  # 20% of EB's 160 epochs

@@ -302,6 +302,7 @@ def test_official_configs_hold_the_eb_recipe():
         1e-4, 1e-4, 0.5)
     assert c.optim.decay_norm_and_bias and c.data.augment
     assert c.search.max_epochs + c.retrain.max_epochs == 160  # EB's one schedule
+    assert c.search.prune_ratios == "0.3,0.5,0.7"  # EB's three detectors
 
 
 def test_vgg11_eb_official_runs_end_to_end_on_digits(tmp_path):
@@ -309,8 +310,11 @@ def test_vgg11_eb_official_runs_end_to_end_on_digits(tmp_path):
         "data.name": "digits", "model.width": 0.0625, "data.train_limit": 128,
         "data.eval_limit": 64, "optim.batch_size": 32, "optim.eval_batch_size": 64,
         "search.window": 2, "search.max_epochs": 2, "retrain.max_epochs": 1,
-        "progress_bar": False, "log_every_steps": 2})
+        "progress_bar": False, "log_every_steps": 2, "search.prune_ratios": "0.3,0.7"})
     payload = experiment.run_experiment(config, str(tmp_path), print_fn=lambda s: None)
-    (run,) = payload["runs"]
-    assert run["schedule"] == "none" and run["pruning_mode"] == "structured"
-    assert run["params"]["pruned"] < run["params"]["dense"]
+    low, high = payload["runs"]
+    assert (low["variant"], high["variant"]) == ("eb_p0.3", "eb_p0.7")
+    for run in (low, high):
+        assert run["schedule"] == "none" and run["pruning_mode"] == "structured"
+    # A compact network per ratio, narrower the more it prunes.
+    assert high["params"]["pruned"] < low["params"]["pruned"] < low["params"]["dense"]

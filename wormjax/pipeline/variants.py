@@ -15,7 +15,7 @@ from wormjax import search as search_lib
 from wormjax.pipeline import state as state_lib
 
 __all__ = ["Variant", "variants_from_config", "search_config", "prune_ratios",
-           "multi_config", "ratio_variant"]
+           "multi_config", "ratio_variant", "arm_names"]
 
 _VARIANT_NAMES = {"none": "eb", "worm": "worm", "always": "always", "greedy": "greedy"}
 
@@ -121,3 +121,12 @@ def ratio_variant(variant: Variant, prune_ratio: float) -> Variant:
     """The arm that prunes and retrains ``variant``'s ticket of ``prune_ratio``."""
     return dataclasses.replace(variant, name=f"{variant.name}_p{prune_ratio:g}",
                                prune_ratio=float(prune_ratio))
+
+
+def arm_names(config) -> list[str]:
+    """The arms an experiment's summaries hold: one per ratio of a multi-ratio search."""
+    ratios = prune_ratios(config)
+    names = []
+    for v in variants_from_config(config):
+        names += [ratio_variant(v, p).name for p in ratios] if ratios else [v.name]
+    return names
