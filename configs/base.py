@@ -70,6 +70,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.search.truncation_ratio = 3e-3  # r: gradient multiplier of pruned entries
     c.search.placement = "gradient"  # gradient (before the optimizer) | update
     c.search.max_epochs = 20  # the search ends unconverged after this many
+    # Write each update's representative magnitudes (<run>/search_magnitudes/)
+    # for wormjax.replay / `python -m wormjax.study scan`.
+    c.search.record_magnitudes = False
 
     c.pruning = ml_collections.ConfigDict()
     c.pruning.mode = "mask"  # mask (persistent BN channel mask) | reference | structured

@@ -18,6 +18,8 @@ from wormjax.pruning import per_tensor_mask
 from wormjax.pruning import prune
 from wormjax.pruning import ticket_param_mask
 from wormjax.recalibrate import recalibrate_batch_stats
+from wormjax.search_replay import ReplayTrace
+from wormjax.search_replay import replay
 from wormjax.search import EarlyBirdConfig
 from wormjax.search import EarlyBirdSearch
 from wormjax.search import EarlyBirdState

@@ -36,7 +36,11 @@ __all__ = ["RunCheckpointer", "CorruptCheckpointError", "check_workdir_config",
 # data.dir says where the data is, not what it is: a moved or extracted data
 # set resumes (data.source, which picks the reader, stays part of the run).
 _HARMLESS_FIELDS = ("log_every_steps", "progress_bar", "checkpoint.max_to_keep",
-                    "data.prefetch", "mesh.data", "mesh.distributed", "data.dir")
+                    "data.prefetch", "mesh.data", "mesh.distributed", "data.dir",
+                    "search.record_magnitudes")
+# Fields added after workdirs were written, with the value that behaves as
+# before they existed: a workdir whose config lacks one resumes under it.
+_ADDED_FIELDS = {"search.prune_ratios": "", "search.primary_ratio": 0.0}
 
 
 
@@ -54,7 +58,8 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 def config_fingerprint(config_dict: dict) -> dict[str, Any]:
     """The config fields that determine a run's numbers, flattened."""
     flat = _flatten(json.loads(json.dumps(config_dict, default=str)))
-    return {k: v for k, v in flat.items() if k not in _HARMLESS_FIELDS}
+    return {k: v for k, v in flat.items() if k not in _HARMLESS_FIELDS
+            and not (k in _ADDED_FIELDS and v == _ADDED_FIELDS[k])}
 
 
 def check_workdir_config(workdir: str, config_dict: dict) -> bool:

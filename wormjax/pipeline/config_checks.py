@@ -221,6 +221,7 @@ FIELDS: dict[str, Check] = {
     "search.truncation_ratio": _interval(_validate.closed_interval, 0.0, 1.0),
     "search.placement": _choice(*state_lib.PLACEMENTS),
     "search.max_epochs": _integer(1),
+    "search.record_magnitudes": _boolean,
     "pruning.mode": _pruning_mode,
     "pruning.min_channels": _integer(1),
     "pruning.channel_multiple": _integer(1),

@@ -85,6 +85,7 @@ class MultiSearch(phases.SingleSearch):
         return {"eb": self.view(eb), "truncation": truncation, "ratios": ratios}
 
     def drawn(self, progress: Progress, state, eb, epoch: int) -> Progress:
+        progress = super().drawn(progress, state, eb, epoch)
         stopped = jax.device_get(eb.converged)
         for i, p in enumerate(self.ratios):
             if stopped[i] and str(p) not in (progress.tickets or {}):

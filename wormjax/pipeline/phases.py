@@ -18,6 +18,7 @@ from wormjax.pipeline import compact_switch
 from wormjax.pipeline import divergence
 from wormjax.pipeline import interrupt
 from wormjax.pipeline import loop
+from wormjax.pipeline import magnitudes_log
 from wormjax.pipeline import recalibration
 from wormjax.pipeline import resume
 from wormjax.pipeline import state as state_lib
@@ -126,8 +127,13 @@ class SingleSearch:
         return {"eb": eb}
 
     def drawn(self, progress: Progress, state, eb, epoch: int) -> Progress:
-        """Called after every update: the place to save a ticket as it is drawn."""
-        del state, eb, epoch
+        """Called after every update: records magnitudes; saves tickets (multi-ratio)."""
+        del eb
+        # Inside an epoch (a resume) the update already ran on other params.
+        if (self.run.config.search.get("record_magnitudes", False)
+                and not progress.step_in_epoch):
+            magnitudes_log.record(self.run.workdir, epoch, self.run.programs.layout,
+                                  state.params)
         return progress
 
 

@@ -1,0 +1,120 @@
+"""``python -m wormjax.study.scan RUN_DIR``: when would WORM trigger, for every setting?
+
+Reads the magnitudes an EB Train run recorded (``search.record_magnitudes``)
+and replays the Early-Bird rule (``wormjax.replay``) over a grid of prune
+ratios, windows, stop distances s and trigger margins delta. Up to its
+trigger a WORM run is the EB run, so each row is exact: the update at which
+the trigger would fire (if before the stop), and the update at which EB
+Train stops. ``--authors_qk_mask_bug`` replays the WORM authors' Q/K
+distances (``wormjax.quirks``). Prints a markdown table; ``--json`` also
+writes the rows.
+
+  python -m wormjax.study.scan runs/rte/eb_seed0 --stop_distance 0.01,0.005 \\
+      --trigger_margin 0.005,0.01 --window 3,5
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+
+from wormjax import search_replay as replay_lib
+from wormjax import search as search_lib
+from wormjax.pipeline import magnitudes_log
+
+__all__ = ["scan", "markdown", "main"]
+
+
+def scan(magnitudes, *, prune_ratios, windows, stop_distances, trigger_margins,
+         counted=None) -> list[dict]:
+    """One row per setting of the grid: first full window, trigger and stop updates.
+
+    Args:
+      magnitudes: float [T, N] recorded magnitudes, one row per update.
+      prune_ratios, windows, stop_distances, trigger_margins: the grid.
+      counted: the authors' counted entries, or None for the paper's rule.
+
+    Returns:
+      Rows with the setting, ``first_full`` (the first update with a full
+      window, or -1), ``d_max_first_full``, ``trigger_update`` and
+      ``stop_update`` (-1: never within the recording) and ``worm_triggers``.
+    """
+    rows = []
+    for p, window, s, delta in itertools.product(prune_ratios, windows,
+                                                 stop_distances, trigger_margins):
+        config = search_lib.EarlyBirdConfig(prune_ratio=p, window=window,
+                                            stop_distance=s, trigger_margin=delta)
+        trace = replay_lib.replay(magnitudes, config, counted)
+        first_full = window - 1 if len(trace.d_max) >= window else -1
+        rows.append({
+            "prune_ratio": p, "window": window, "stop_distance": s,
+            "trigger_margin": delta, "updates": len(trace.d_max),
+            "first_full": first_full,
+            "d_max_first_full": (float(trace.d_max[first_full]) if first_full >= 0
+                                 else None),
+            "d_max_min": float(trace.d_max.min()),
+            "trigger_update": trace.trigger_update, "stop_update": trace.stop_update,
+            "worm_triggers": trace.trigger_update >= 0,
+        })
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    """The rows as a pipe table (``-`` for never within the recording)."""
+    def cell(value):
+        if value is None or value == -1:
+            return "-"
+        return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    head = ["p", "window", "s", "delta", "first full window", "d_max there",
+            "lowest d_max", "WORM trigger", "EB stop"]
+    keys = ["prune_ratio", "window", "stop_distance", "trigger_margin", "first_full",
+            "d_max_first_full", "d_max_min", "trigger_update", "stop_update"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join(cell(r[k]) for k in keys) + " |")
+    return "\n".join(lines)
+
+
+def _floats(text: str) -> list[float]:
+    return [float(t) for t in text.split(",") if t.strip()]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m wormjax.study.scan",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("run_dir", help="an EB run's folder (e.g. <workdir>/eb_seed0)")
+    parser.add_argument("--prune_ratio", default="0.5")
+    parser.add_argument("--window", default="3,5")
+    parser.add_argument("--stop_distance", default="0.1,0.05,0.01,0.005")
+    parser.add_argument("--trigger_margin", default="0.05,0.01,0.005")
+    parser.add_argument("--authors_qk_mask_bug", action="store_true",
+                        help="count only the key entries, as the authors' mask did")
+    parser.add_argument("--json", default="", help="also write the rows here")
+    args = parser.parse_args(argv)
+    try:
+        grid = dict(prune_ratios=_floats(args.prune_ratio),
+                    windows=[int(w) for w in args.window.split(",") if w.strip()],
+                    stop_distances=_floats(args.stop_distance),
+                    trigger_margins=_floats(args.trigger_margin))
+        mags, counted = magnitudes_log.load(args.run_dir)
+        if args.authors_qk_mask_bug and counted is None:
+            raise ValueError(f"{args.run_dir} recorded no query/key representative; "
+                             "--authors_qk_mask_bug needs one")
+        rows = scan(mags, counted=counted if args.authors_qk_mask_bug else None, **grid)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"wormjax.study.scan: {err}", file=sys.stderr)
+        return 2
+    print(f"{args.run_dir}: {mags.shape[0]} updates of {mags.shape[1]} entries"
+          f"{' (authors Q/K distances)' if args.authors_qk_mask_bug else ''}")
+    print(markdown(rows))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
