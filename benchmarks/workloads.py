@@ -79,6 +79,22 @@ class BertSpec:
                 f"{_dtype_suffix(self.dtype)}")
 
 
+# The one step every bench runs at size tiny (its smoke test).
+TINY = CnnSpec("vgg11", 0.0625, 8)
+
+
+def by_size(size: str, small: list, large_extra: list = ()) -> list:
+    """A bench's workloads at ``size``: ``TINY`` alone, ``small``, or ``small`` + ``large_extra``.
+
+    Raises:
+      ValueError: ``size`` is not one of ``common.SIZES``.
+    """
+    common.check_size(size)
+    if size == "tiny":
+        return [TINY]
+    return list(small) + (list(large_extra) if size == "large" else [])
+
+
 def cnn_optim() -> ml_collections.ConfigDict:
     """The paper's CNN recipe from configs/base.py: SGD, lr 0.01, momentum 0.9."""
     from configs import base  # noqa: PLC0415 - configs ship with the project
