@@ -13,6 +13,7 @@ import subprocess
 import sys
 
 import jax
+import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -22,7 +23,9 @@ from test_text_task import files  # noqa: E402,F401 - the module fixture
 from test_text_task import tiny_config as tiny_text_config  # noqa: E402
 
 from wormjax.pipeline import experiment  # noqa: E402
+from wormjax.pipeline import image_task  # noqa: E402
 from wormjax.pipeline import programs as programs_lib  # noqa: E402
+from wormjax.pipeline import text_task  # noqa: E402
 
 BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 # The jitted programs by the name XLA compiles them under.
@@ -55,6 +58,22 @@ def backend_compiles():
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
         programs_lib.warm_up = real
+
+
+def _signature(batch) -> tuple:
+    """A batch's (or spec's) keys, shapes and dtypes."""
+    return tuple(sorted((k, tuple(v.shape), str(v.dtype)) for k, v in batch.items()))
+
+
+@pytest.mark.parametrize("kind", ["image", "text"])
+def test_batch_specs_are_exactly_the_shapes_of_the_real_batches(kind, files):  # noqa: F811
+    task = (image_task.ImageTask(tiny_config()) if kind == "image"
+            else text_task.TextTask(tiny_text_config(files)))
+    specs = task.batch_specs()
+    for split, batches in (("train", task.train_batches(0, 1)),
+                           ("eval", task.eval_batches())):
+        real = {_signature(b) for b in batches}
+        assert real == {_signature(s) for s in specs[split]}, split
 
 
 def _image_run(workdir, **overrides) -> dict:
