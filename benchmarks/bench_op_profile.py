@@ -36,14 +36,10 @@ _NOT_OPS = re.compile(r"Execute|^\$|^end: |Await|^<")
 
 def specs(size: str) -> list:
     """The steps profiled at each size."""
-    common.check_size(size)
-    if size == "tiny":
-        return [wl.CnnSpec("vgg11", 0.0625, 8)]
     cnn = [wl.CnnSpec("vgg11", 1.0, 32), wl.CnnSpec("resnet18", 1.0, 32)]
-    if size == "small":
-        return cnn
-    return cnn + [wl.CnnSpec("vgg11", 0.25, 32), wl.CnnSpec("resnet18", 0.25, 32),
-                  wl.BertSpec("minilm", 32, 128)]
+    return wl.by_size(size, cnn, [wl.CnnSpec("vgg11", 0.25, 32),
+                                  wl.CnnSpec("resnet18", 0.25, 32),
+                                  wl.BertSpec("minilm", 32, 128)])
 
 
 def op_kind(name: str) -> str:

@@ -45,16 +45,12 @@ def measure_peak(size: str) -> dict:
 
 def specs(size: str) -> list:
     """The steps placed on the roofline at each size."""
-    common.check_size(size)
-    if size == "tiny":
-        return [wl.CnnSpec("vgg11", 0.0625, 8)]
     small = [wl.CnnSpec("vgg11", 0.25, 32), wl.CnnSpec("resnet18", 0.25, 32),
              wl.CnnSpec("vgg11", 1.0, 32), wl.CnnSpec("resnet18", 1.0, 32),
              wl.BertSpec("minilm", 32, 32)]
-    if size == "small":
-        return small
-    return small + [wl.CnnSpec("vgg11", 1.0, 128), wl.CnnSpec("resnet18", 1.0, 128),
-                    wl.BertSpec("minilm", 32, 128), wl.BertSpec("bert_base", 32, 128)]
+    return wl.by_size(size, small, [
+        wl.CnnSpec("vgg11", 1.0, 128), wl.CnnSpec("resnet18", 1.0, 128),
+        wl.BertSpec("minilm", 32, 128), wl.BertSpec("bert_base", 32, 128)])
 
 
 COLUMNS = ("workload", "step_ms", "step_source", "xla_gflop_per_step", "analytic_gflop",

@@ -22,7 +22,10 @@ from benchmarks import common
 from benchmarks import machine
 from benchmarks import output
 from benchmarks import timing
+from benchmarks import workloads
 
+# The library's model names (as the rows show them) -> the workloads' short ones.
+_SHORT_NAMES = {name: short for short, name in workloads.CNN_MODELS.items()}
 _DEVICE_COUNTS = {"tiny": (1, 2), "small": (1, 2, 4), "large": (1, 2, 4)}
 # (model, width, global batch) per size.
 _WORKLOADS = {
@@ -36,41 +39,15 @@ _WORKLOADS = {
 
 
 def _worker(num_devices: int, model: str, width: float, batch: int, size: str) -> dict:
-    import jax
-
-    from configs import base
     from wormjax.pipeline import distributed
-    from wormjax.pipeline import image_task
-    from wormjax.pipeline import state as state_lib
-    from wormjax.pipeline import steps as steps_lib
 
-    config = base.get_config()
-    config.data.name = "digits"
-    config.model.name = model
-    config.model.width = width
-    config.optim.batch_size = batch
-    task = image_task.ImageTask(config)
-    parallel = distributed.make_data_parallel(num_devices)
-    tx = state_lib.make_optimizer(config.optim, task.selector)
-    fns = steps_lib.make_steps(task.forward, tx)
-    state = parallel.replicate(state_lib.create_train_state(
-        task.init_variables(0), tx, 0))
-    layout = task.selector(state.params)
-    trunc = parallel.replicate(steps_lib.inactive_truncation(layout.num_entries))
-    host = next(iter(task.train_batches(0, 0)))
-    batch_dev = parallel.put_batch(host)
-    acc = parallel.replicate(steps_lib.zero_metrics())
-    holder = {"state": state, "acc": acc}
-
-    def window(steps=8):
-        for _ in range(steps):
-            holder["state"], holder["acc"] = fns.train(holder["state"], batch_dev,
-                                                       trunc, holder["acc"])
-        jax.block_until_ready(holder["acc"])
-
+    # The one workload builder of every bench (the library's make_optimizer and
+    # make_steps), placed on a mesh over ``num_devices`` as the pipeline places it.
+    work = workloads.build(workloads.CnnSpec(_SHORT_NAMES[model], width, batch),
+                           parallel=distributed.make_data_parallel(num_devices))
     reps = 5 if size != "tiny" else 2
     steps = 8 if width < 1 else 3
-    samples = [s / steps for s in timing.repeat(lambda: window(steps), reps)]
+    samples = [s / steps for s in timing.repeat(lambda: work.steps(steps), reps)]
     return {"devices": num_devices, "batch": batch,
             "step_ms": timing.summarize([1e3 * s for s in samples])}
 

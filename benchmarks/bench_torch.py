@@ -245,7 +245,7 @@ def specs(size: str) -> list:
     """The workloads paired at each size."""
     common.check_size(size)
     if size == "tiny":
-        return [wl.CnnSpec("vgg11", 0.0625, 8)]
+        return [wl.TINY]
     if size == "small":
         return [wl.CnnSpec("vgg11", 0.25, 32), wl.CnnSpec("resnet18", 0.25, 32),
                 wl.BertSpec("minilm", 32, 32)]

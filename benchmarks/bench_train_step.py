@@ -26,7 +26,7 @@ def specs(size: str) -> list:
     """
     common.check_size(size)
     if size == "tiny":
-        return [wl.CnnSpec("vgg11", 0.0625, 8)]
+        return [wl.TINY]
     cnn = [wl.CnnSpec(m, 0.25, b) for m in ("vgg11", "resnet18") for b in (32, 128)]
     if size == "small":
         cnn += [wl.CnnSpec(m, 1.0, 32) for m in ("vgg11", "resnet18")]

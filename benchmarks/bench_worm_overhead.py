@@ -31,15 +31,10 @@ ISSUE2 = wl.CnnSpec("vgg11", 0.25, 32)
 
 def specs(size: str) -> list:
     """The workloads measured at each size (the issue-2 VGG first)."""
-    common.check_size(size)
-    if size == "tiny":
-        return [wl.CnnSpec("vgg11", 0.0625, 8)]
-    small = [ISSUE2, wl.BertSpec("minilm", 32, 32)]
-    if size == "small":
-        return small
-    return small + [wl.CnnSpec("resnet18", 0.25, 32), wl.CnnSpec("vgg11", 1.0, 32),
-                    wl.CnnSpec("resnet18", 1.0, 32), wl.CnnSpec("resnet18", 0.25, 128),
-                    wl.BertSpec("minilm", 32, 128), wl.BertSpec("bert_base", 32, 128)]
+    return wl.by_size(size, [ISSUE2, wl.BertSpec("minilm", 32, 32)], [
+        wl.CnnSpec("resnet18", 0.25, 32), wl.CnnSpec("vgg11", 1.0, 32),
+        wl.CnnSpec("resnet18", 1.0, 32), wl.CnnSpec("resnet18", 0.25, 128),
+        wl.BertSpec("minilm", 32, 128), wl.BertSpec("bert_base", 32, 128)])
 
 
 def _reps(spec, size: str) -> int:

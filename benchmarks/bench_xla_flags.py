@@ -33,13 +33,9 @@ FLAG_SETS = {
 
 def specs(size: str) -> list:
     """Steps timed under every flag set."""
-    common.check_size(size)
-    if size == "tiny":
-        return [wl.CnnSpec("vgg11", 0.0625, 8)]
     small = [wl.CnnSpec("vgg11", 0.25, 32), wl.CnnSpec("resnet18", 0.25, 32)]
-    if size == "small":
-        return small
-    return small + [wl.CnnSpec("resnet18", 1.0, 32), wl.BertSpec("minilm", 32, 32)]
+    return wl.by_size(size, small, [wl.CnnSpec("resnet18", 1.0, 32),
+                                    wl.BertSpec("minilm", 32, 32)])
 
 
 def _child(size: str) -> dict:

@@ -79,6 +79,22 @@ class BertSpec:
                 f"{_dtype_suffix(self.dtype)}")
 
 
+# The one step every bench runs at size tiny (its smoke test).
+TINY = CnnSpec("vgg11", 0.0625, 8)
+
+
+def by_size(size: str, small: list, large_extra: list = ()) -> list:
+    """A bench's workloads at ``size``: ``TINY`` alone, ``small``, or ``small`` + ``large_extra``.
+
+    Raises:
+      ValueError: ``size`` is not one of ``common.SIZES``.
+    """
+    common.check_size(size)
+    if size == "tiny":
+        return [TINY]
+    return list(small) + (list(large_extra) if size == "large" else [])
+
+
 def cnn_optim() -> ml_collections.ConfigDict:
     """The paper's CNN recipe from configs/base.py: SGD, lr 0.01, momentum 0.9."""
     from configs import base  # noqa: PLC0415 - configs ship with the project
@@ -154,7 +170,8 @@ class StepWorkload:
 
     def __init__(self, spec, forward, variables, optim, selector, batches, *,
                  items_per_step: int, unit: str, with_truncation: bool = True,
-                 total_steps: int | None = None, weights: str = "random"):
+                 total_steps: int | None = None, weights: str = "random",
+                 parallel=None):
         self.spec, self.unit, self.items_per_step = spec, unit, items_per_step
         self.weights = weights
         self.counter = steps_lib.CompileCounter()
@@ -163,15 +180,19 @@ class StepWorkload:
                                       with_truncation=with_truncation)
         self.fns = steps_lib.make_steps(forward, tx, self.counter)
         self.layout = selector(variables["params"])
-        self.state = state_lib.create_train_state(variables, tx, seed=0)
-        self.batches = [jax.device_put(b) for b in batches]
-        self.acc = steps_lib.zero_metrics()
+        # A data-parallel mesh (bench scaling) places state and batches as the
+        # pipeline does; without one, everything sits on the default device.
+        place = parallel.replicate if parallel else (lambda tree: tree)
+        put = parallel.put_batch if parallel else jax.device_put
+        self.state = place(state_lib.create_train_state(variables, tx, seed=0))
+        self.batches = [put(b) for b in batches]
+        self.acc = place(steps_lib.zero_metrics())
         n = self.layout.num_entries
-        self.inactive = steps_lib.inactive_truncation(n)
+        self.inactive = place(steps_lib.inactive_truncation(n))
         keep = np.random.default_rng(0).random(n) < 0.5
-        self.active = truncation_lib.WormTruncationState(
+        self.active = place(truncation_lib.WormTruncationState(
             keep=jnp.asarray(keep), ratio=jnp.asarray(TRUNCATION_RATIO, jnp.float32),
-            active=jnp.asarray(True))
+            active=jnp.asarray(True)))
         self._i = 0
         self._eval_batches = None
 
@@ -237,7 +258,8 @@ def cnn_workload(model, variables, batch: int, *, key: str, with_truncation: boo
                         unit="images", with_truncation=with_truncation)
 
 
-def build(spec, *, with_truncation: bool = True, seed: int = 0) -> StepWorkload:
+def build(spec, *, with_truncation: bool = True, seed: int = 0,
+          parallel=None) -> StepWorkload:
     """A ready-to-time workload for a ``CnnSpec`` or ``BertSpec``.
 
     Args:
@@ -245,6 +267,8 @@ def build(spec, *, with_truncation: bool = True, seed: int = 0) -> StepWorkload:
       with_truncation: the wormjax chain (True) or the same optimizer without the
         WORM transform (False, for the transform's fixed cost).
       seed: initial weights and batch contents.
+      parallel: a ``pipeline.distributed.DataParallel`` to replicate the state on
+        and shard the batches over; None: the default device.
 
     Returns:
       A ``StepWorkload``; call ``compile()`` before timing.
@@ -257,7 +281,8 @@ def build(spec, *, with_truncation: bool = True, seed: int = 0) -> StepWorkload:
                    for _ in range(2)]
         return StepWorkload(spec, task.forward, task.init_variables(seed), cnn_optim(),
                             task.selector, batches, items_per_step=spec.batch,
-                            unit="images", with_truncation=with_truncation)
+                            unit="images", with_truncation=with_truncation,
+                            parallel=parallel)
     model, variables, weights = bert_model(spec.model, seed, spec.dtype)
     shape = (spec.batch, spec.seq_len)
     batches = [{"input_ids": rng.integers(1000, model.config.vocab_size, shape, np.int32),
@@ -268,7 +293,7 @@ def build(spec, *, with_truncation: bool = True, seed: int = 0) -> StepWorkload:
                         selectors.attention_selector(), batches,
                         items_per_step=spec.batch * spec.seq_len, unit="tokens",
                         with_truncation=with_truncation, total_steps=10_000,
-                        weights=weights)
+                        weights=weights, parallel=parallel)
 
 
 def measure(spec, size: str) -> dict:

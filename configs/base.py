@@ -100,3 +100,19 @@ def get_config() -> ml_collections.ConfigDict:
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.max_to_keep = 2  # older good checkpoints kept beside the newest
     return c
+
+
+def paper_config(model_name: str, schedule: str) -> ml_collections.ConfigDict:
+    """The paper's CIFAR-10 setting for one network and one search schedule.
+
+    The four paper configs (``vgg11_eb``, ``vgg11_worm``, ``resnet18_eb``,
+    ``resnet18_worm``) differ from these defaults in these two fields only.
+
+    Args:
+      model_name: ``model.name``: "cifar_vgg11" or "cifar_resnet18".
+      schedule: ``search.schedule``: "none" (EB Train) or "worm".
+    """
+    c = get_config()
+    c.model.name = model_name
+    c.search.schedule = schedule
+    return c

@@ -7,7 +7,4 @@ from configs import base
 
 
 def get_config():
-    c = base.get_config()
-    c.model.name = "cifar_resnet18"
-    c.search.schedule = "none"
-    return c
+    return base.paper_config("cifar_resnet18", schedule="none")

@@ -7,7 +7,4 @@ from configs import base
 
 
 def get_config():
-    c = base.get_config()
-    c.model.name = "cifar_vgg11"
-    c.search.schedule = "worm"
-    return c
+    return base.paper_config("cifar_vgg11", schedule="worm")

@@ -167,3 +167,28 @@ def test_the_bare_arm_is_the_library_chain_without_worm():
         updates, state = bare.update(grads, state, params)
         sizes.append(float(optax.global_norm(updates)))
     assert sizes[0] < sizes[1] < sizes[2]
+
+
+def test_scaling_worker_times_the_workloads_step():
+    """bench scaling times the one workload builder's step, placed on a mesh."""
+    bench = importlib.import_module("benchmarks.bench_scaling")
+    wl = importlib.import_module("benchmarks.workloads")
+    built = []
+    real_build = wl.build
+
+    def recording_build(spec, **kwargs):
+        built.append(real_build(spec, **kwargs))
+        return built[-1]
+
+    wl.build = recording_build
+    try:
+        res = bench._worker(1, "cifar_vgg11", 0.0625, 8, "tiny")
+    finally:
+        wl.build = real_build
+    assert res["devices"] == 1 and res["batch"] == 8 and res["step_ms"]["median"] > 0
+    (work,) = built
+    assert work.spec == wl.CnnSpec("vgg11", 0.0625, 8)
+    assert work.counter.counts == {"train_step": 1}  # one compile for every window
+    from jax.sharding import PartitionSpec
+
+    assert work.batches[0]["image"].sharding.spec == PartitionSpec("data")

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from wormjax import _json as _json_lib
 from wormjax import surgery
 from wormjax.models import common
 from wormjax.models import resnet
@@ -58,15 +59,10 @@ def check_variables(model, variables) -> None:
 
 def _json(payload: Any) -> Any:
     """``payload`` as plain JSON values (numpy and jax scalars and arrays converted)."""
-    def default(obj):
-        if hasattr(obj, "tolist"):
-            return obj.tolist()
-        if isinstance(obj, (set, frozenset)):
-            return sorted(obj)
-        if isinstance(obj, os.PathLike):
-            return os.fspath(obj)
-        raise TypeError(f"{type(obj).__name__} in extra_meta is not JSON serialisable")
-    return json.loads(json.dumps(payload, default=default))
+    try:
+        return json.loads(json.dumps(payload, default=_json_lib.default))
+    except TypeError as err:
+        raise TypeError(f"{err} (in extra_meta)") from None
 
 
 def _architecture(model) -> dict:

@@ -120,11 +120,24 @@ def _dense(config: BertConfig, features: int, name: str, dtype: Any) -> nn.Dense
                     kernel_init=nn.initializers.normal(config.initializer_range))
 
 
-class BertEmbeddings(nn.Module):
-    """Word + position + token-type embeddings, then LayerNorm and dropout."""
+class _BertBlock(nn.Module):
+    """The two fields of every BERT block: the model config and the compute dtype."""
 
     config: BertConfig
     dtype: Any = jnp.float32
+
+    def dense(self, features: int, name: str) -> nn.Dense:
+        """A Dense with BERT's initialisation, float32 parameters and this dtype."""
+        return _dense(self.config, features, name, self.dtype)
+
+    def layer_norm(self) -> nn.LayerNorm:
+        """The block's post-LayerNorm (named as in Hugging Face's checkpoints)."""
+        return nn.LayerNorm(epsilon=self.config.layer_norm_eps, dtype=self.dtype,
+                            name="LayerNorm")
+
+
+class BertEmbeddings(_BertBlock):
+    """Word + position + token-type embeddings, then LayerNorm and dropout."""
 
     @nn.compact
     def __call__(self, input_ids, token_type_ids, deterministic: bool):
@@ -142,15 +155,12 @@ class BertEmbeddings(nn.Module):
         x = (embed(cfg.vocab_size, "word_embeddings")(input_ids)
              + embed(cfg.max_position_embeddings, "position_embeddings")(positions)
              + embed(cfg.type_vocab_size, "token_type_embeddings")(token_type_ids))
-        x = nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype, name="LayerNorm")(x)
+        x = self.layer_norm()(x)
         return nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
 
 
-class BertSelfAttention(nn.Module):
+class BertSelfAttention(_BertBlock):
     """Multi-head scaled dot-product attention with separate query/key/value projections."""
-
-    config: BertConfig
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x_BLD, attention_mask_BL, deterministic: bool):
@@ -159,7 +169,7 @@ class BertSelfAttention(nn.Module):
         heads, head_dim = cfg.num_attention_heads, cfg.head_dim
 
         def project(name):
-            y = _dense(cfg, cfg.hidden_size, name, self.dtype)(x_BLD)
+            y = self.dense(cfg.hidden_size, name)(x_BLD)
             return y.reshape(batch, length, heads, head_dim)
 
         q_BLHK, k_BLHK, v_BLHK = project("query"), project("key"), project("value")
@@ -176,26 +186,19 @@ class BertSelfAttention(nn.Module):
         return out_BLHK.reshape(batch, length, cfg.hidden_size)
 
 
-class BertAddNorm(nn.Module):
+class BertAddNorm(_BertBlock):
     """Dense, dropout, residual add and post-LayerNorm (HF's BertSelfOutput / BertOutput)."""
-
-    config: BertConfig
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, residual, deterministic: bool):
         cfg = self.config
-        x = _dense(cfg, cfg.hidden_size, "dense", self.dtype)(x)
+        x = self.dense(cfg.hidden_size, "dense")(x)
         x = nn.Dropout(cfg.hidden_dropout_prob)(x, deterministic=deterministic)
-        return nn.LayerNorm(epsilon=cfg.layer_norm_eps, dtype=self.dtype,
-                            name="LayerNorm")(x + residual)
+        return self.layer_norm()(x + residual)
 
 
-class BertAttention(nn.Module):
+class BertAttention(_BertBlock):
     """Self-attention followed by its output projection and LayerNorm."""
-
-    config: BertConfig
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, attention_mask, deterministic: bool):
@@ -204,24 +207,18 @@ class BertAttention(nn.Module):
         return BertAddNorm(self.config, self.dtype, name="output")(y, x, deterministic)
 
 
-class BertIntermediate(nn.Module):
+class BertIntermediate(_BertBlock):
     """Feed-forward expansion: dense to intermediate_size and the configured GELU."""
-
-    config: BertConfig
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x):
         cfg = self.config
-        x = _dense(cfg, cfg.intermediate_size, "dense", self.dtype)(x)
+        x = self.dense(cfg.intermediate_size, "dense")(x)
         return _ACTIVATIONS[cfg.hidden_act](x)
 
 
-class BertLayer(nn.Module):
+class BertLayer(_BertBlock):
     """One post-LN transformer layer: attention block, then feed-forward block."""
-
-    config: BertConfig
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, attention_mask, deterministic: bool):
@@ -231,11 +228,8 @@ class BertLayer(nn.Module):
         return BertAddNorm(cfg, self.dtype, name="output")(h, x, deterministic)
 
 
-class BertEncoder(nn.Module):
+class BertEncoder(_BertBlock):
     """Stack of ``num_hidden_layers`` BertLayers named ``layer_0`` ... ``layer_{n-1}``."""
-
-    config: BertConfig
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, attention_mask, deterministic: bool):
@@ -245,23 +239,18 @@ class BertEncoder(nn.Module):
         return x
 
 
-class BertPooler(nn.Module):
+class BertPooler(_BertBlock):
     """Dense + tanh on the first ([CLS]) token."""
-
-    config: BertConfig
-    dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x_BLD):
         cls_BD = x_BLD[:, 0]
-        return jnp.tanh(_dense(self.config, self.config.hidden_size, "dense", self.dtype)(cls_BD))
+        return jnp.tanh(self.dense(self.config.hidden_size, "dense")(cls_BD))
 
 
-class BertModel(nn.Module):
+class BertModel(_BertBlock):
     """BERT encoder; returns (last hidden state [B, L, D], pooled [CLS] [B, D] or None)."""
 
-    config: BertConfig
-    dtype: Any = jnp.float32
     add_pooling_layer: bool = True
 
     @nn.compact

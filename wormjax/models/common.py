@@ -138,6 +138,32 @@ def freeze_channels(module: nn.Module) -> None:
         object.__setattr__(module, "channels", tuple(int(c) for c in module.channels))
 
 
+class ChannelsCNN(nn.Module):
+    """The fields every library CNN has, and the ``channels`` freeze they need.
+
+    A subclass adds its own fields after these (and may change a default, e.g.
+    ``num_classes = 1000`` for an ImageNet head); ``channels`` (one count per
+    BatchNorm) is what structured pruning sets to narrow the model.
+
+    Attributes:
+      num_classes: output classes.
+      width: channel multiplier, ``max(1, round(c * width))`` per conv.
+      channels: explicit per-BatchNorm channel counts overriding ``width``.
+      dtype: computation dtype; logits are returned in float32.
+      bn_scale_init: initial BatchNorm scale; Early-Bird's code used 0.5.
+    """
+
+    num_classes: int = 10
+    width: float = 1.0
+    channels: Sequence[int] | None = None
+    dtype: Any = jnp.float32
+    bn_scale_init: float = 1.0
+
+    def __post_init__(self):
+        freeze_channels(self)
+        super().__post_init__()
+
+
 def batch_norm(
     train: bool, name: str, dtype: Any, scale_init: float = 1.0
 ) -> nn.BatchNorm:

@@ -144,22 +144,12 @@ class BasicBlock(nn.Module):
         return nn.relu(y + shortcut)
 
 
-class _ResNet18(nn.Module):
+class _ResNet18(common.ChannelsCNN):
     """ResNet-18 body shared by the CIFAR and ImageNet-stem variants."""
-
-    num_classes: int = 10
-    width: float = 1.0
-    channels: Sequence[int] | None = None
-    dtype: Any = jnp.float32
-    bn_scale_init: float = 1.0  # initial BatchNorm scale; Early-Bird's code used 0.5
 
     imagenet_stem: ClassVar[bool] = False
     head_name: ClassVar[str] = "fc"
     sample_input_shape: ClassVar[tuple] = (1, 32, 32, 3)
-
-    def __post_init__(self):
-        common.freeze_channels(self)
-        super().__post_init__()
 
     def bn_channels(self) -> tuple[int, ...]:
         """Channel count of every BatchNorm actually built, in ``channels`` order."""

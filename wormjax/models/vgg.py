@@ -9,7 +9,7 @@ is the number of kept channels of ``bn{i}``.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Sequence
+from typing import ClassVar, Sequence
 
 import flax.linen as nn
 import jax
@@ -86,7 +86,25 @@ def _features(
     return x
 
 
-class CifarVGG11(nn.Module):
+class _VGG(common.ChannelsCNN):
+    """The feature extractor every VGG here shares (``cfg``: its convs and pools)."""
+
+    cfg: ClassVar[tuple] = CIFAR_VGG11_CFG
+
+    def conv_channels(self) -> tuple[int, ...]:
+        """Per-conv widths built: ``channels`` or the width-scaled defaults."""
+        return common.resolve_channels(
+            conv_widths(self.cfg), self.width, self.channels, type(self).__name__
+        )
+
+    def features(self, x_BHWC: jax.Array, train: bool, use_bias: bool) -> jax.Array:
+        """The conv/BN/ReLU/max-pool stack on ``x_BHWC`` (call inside ``__call__``)."""
+        return _features(jnp.asarray(x_BHWC, self.dtype), self.cfg, self.conv_channels(),
+                         train, self.dtype, use_bias=use_bias,
+                         bn_scale_init=self.bn_scale_init)
+
+
+class CifarVGG11(_VGG):
     """Early-Bird's CIFAR VGG-11: 8 bias-free convs + BN, 2x2 avg pool, one Dense.
 
     Attributes:
@@ -97,38 +115,13 @@ class CifarVGG11(nn.Module):
       bn_scale_init: initial BatchNorm scale; Early-Bird's code used 0.5.
     """
 
-    num_classes: int = 10
-    width: float = 1.0
-    channels: Sequence[int] | None = None
-    dtype: Any = jnp.float32
-    bn_scale_init: float = 1.0
-
-    cfg: ClassVar[tuple] = CIFAR_VGG11_CFG
     head_name: ClassVar[str] = "fc"
     sample_input_shape: ClassVar[tuple] = (1, 32, 32, 3)
-
-    def __post_init__(self):
-        common.freeze_channels(self)
-        super().__post_init__()
-
-    def conv_channels(self) -> tuple[int, ...]:
-        """Per-conv widths built: ``channels`` or the width-scaled defaults."""
-        return common.resolve_channels(
-            conv_widths(self.cfg), self.width, self.channels, type(self).__name__
-        )
 
     @nn.compact
     def __call__(self, x_BHWC: jax.Array, train: bool) -> jax.Array:
         """Float32 logits (B, num_classes) for images (B, H, W, 3), H and W >= 16."""
-        x = _features(
-            jnp.asarray(x_BHWC, self.dtype),
-            self.cfg,
-            self.conv_channels(),
-            train,
-            self.dtype,
-            use_bias=False,
-            bn_scale_init=self.bn_scale_init,
-        )
+        x = self.features(x_BHWC, train, use_bias=False)
         # Early-Bird applies AvgPool2d(2) to the 2x2 map left of a 32x32 input; a global
         # mean is identical there and also accepts other input sizes.
         x = jnp.mean(x, axis=(1, 2))
@@ -141,20 +134,14 @@ class CifarVGG16(CifarVGG11):
 
     The layout of :class:`CifarVGG11` with Early-Bird's depth-16 config
     ``[64, 64, M, 128, 128, M, 256 x 3, M, 512 x 3, M, 512 x 3]``: 4,224 BatchNorm
-    channels at width 1, ``conv0``..``conv12`` / ``bn0``..``bn12``.
-
-    Attributes:
-      num_classes: output classes.
-      width: channel multiplier, ``max(1, round(c * width))`` per conv.
-      channels: 13 explicit conv widths overriding ``width`` (one per BatchNorm).
-      dtype: computation dtype; logits are returned in float32.
-      bn_scale_init: initial BatchNorm scale; Early-Bird's code used 0.5.
+    channels at width 1, ``conv0``..``conv12`` / ``bn0``..``bn12``. Its attributes
+    are :class:`CifarVGG11`'s, with 13 ``channels`` (one per BatchNorm).
     """
 
     cfg: ClassVar[tuple] = CIFAR_VGG16_CFG
 
 
-class TorchvisionVGG11BN(nn.Module):
+class TorchvisionVGG11BN(_VGG):
     """torchvision's ``vgg11_bn``: convs with bias + BN, 7x7 adaptive pool, 3 Dense.
 
     The 7x7 map is flattened in (H, W, C) order; ``torchvision_import`` permutes the
@@ -171,26 +158,12 @@ class TorchvisionVGG11BN(nn.Module):
     """
 
     num_classes: int = 1000
-    width: float = 1.0
-    channels: Sequence[int] | None = None
-    dtype: Any = jnp.float32
     dropout_rate: float = 0.5
-    bn_scale_init: float = 1.0
 
     cfg: ClassVar[tuple] = TORCHVISION_VGG11_CFG
     head_name: ClassVar[str] = "fc3"
     sample_input_shape: ClassVar[tuple] = (1, 224, 224, 3)
     pooled_hw: ClassVar[tuple[int, int]] = (7, 7)
-
-    def __post_init__(self):
-        common.freeze_channels(self)
-        super().__post_init__()
-
-    def conv_channels(self) -> tuple[int, ...]:
-        """Per-conv widths built: ``channels`` or the width-scaled defaults."""
-        return common.resolve_channels(
-            conv_widths(self.cfg), self.width, self.channels, type(self).__name__
-        )
 
     def hidden_features(self) -> int:
         """Width of the two hidden classifier layers (4096 at width 1)."""
@@ -199,15 +172,7 @@ class TorchvisionVGG11BN(nn.Module):
     @nn.compact
     def __call__(self, x_BHWC: jax.Array, train: bool) -> jax.Array:
         """Float32 logits (B, num_classes) for images (B, H, W, 3), H and W >= 32."""
-        x = _features(
-            jnp.asarray(x_BHWC, self.dtype),
-            self.cfg,
-            self.conv_channels(),
-            train,
-            self.dtype,
-            use_bias=True,
-            bn_scale_init=self.bn_scale_init,
-        )
+        x = self.features(x_BHWC, train, use_bias=True)
         x = common.adaptive_avg_pool(x, self.pooled_hw)
         x = x.reshape(x.shape[0], -1)
         hidden = self.hidden_features()

@@ -36,14 +36,11 @@ class ImageTask(task_lib.SplitMembers):
 
     @staticmethod
     def validate_config(config) -> None:
-        """Checks every field, and that the pretrained file exists, before any data is read.
-
-        Args:
-          config: the experiment ConfigDict (``task="image"``).
+        """``Task.validate_config``, and that ``model.pretrained`` names a file.
 
         Raises:
-          ValueError: naming the bad field, its value and what is allowed.
-          FileNotFoundError: ``model.pretrained`` names no file.
+          FileNotFoundError: ``model.pretrained`` names no file (a torchvision
+            state dict is wanted).
         """
         config_checks.check_config(config)
         pretrained = config.model.pretrained
@@ -123,10 +120,21 @@ class ImageTask(task_lib.SplitMembers):
         """Every evaluation image once, the last batch padded with a 0/1 ``mask``."""
         return pipeline.eval_batches(self.eval_split, self.eval_batch_size)
 
-    def warmup_batches(self) -> dict[str, list[dict]]:
-        """One batch of each shape the steps see: the first train and eval batches."""
-        return {"train": [next(iter(self.train_batches(self.config.seed, 0)))],
-                "eval": [next(iter(self.eval_batches()))]}
+    def batch_specs(self) -> dict[str, list[dict]]:
+        """Shapes and dtypes of every batch the steps see: one train, one eval shape.
+
+        Batches are fixed-size (the train split drops its partial last batch, the
+        eval split pads it and adds a 0/1 ``mask``), so no data is read.
+        """
+        spec = jax.ShapeDtypeStruct
+        image_shape = self.input_shape[1:]
+        train, evals = self.batch_size, self.eval_batch_size
+        # The dtypes ImageDataset enforces: uint8 images, int32 labels.
+        return {"train": [{"image": spec((train,) + image_shape, jnp.uint8),
+                           "label": spec((train,), jnp.int32)}],
+                "eval": [{"image": spec((evals,) + image_shape, jnp.uint8),
+                          "label": spec((evals,), jnp.int32),
+                          "mask": spec((evals,), jnp.float32)}]}
 
     def forward_flops(self, variables, model=None) -> task_lib.ForwardFlops:
         """Eval-forward FLOPs per example; every batch has one shape, so one figure."""

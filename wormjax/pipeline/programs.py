@@ -5,11 +5,21 @@ per search config (the public ``early_bird(config).update``); the prune step.
 ``warm_up`` compiles them all before the timed phases, so that the first
 variant's search time holds no compilation. Structured pruning's compact model
 is known only once a ticket is drawn: its steps are built by ``compact``.
+
+The warm-up runs nothing. It lowers each jitted program on abstract arguments
+(``jax.ShapeDtypeStruct``) and compiles it: ``jitted.lower(*specs).compile()``
+leaves the executable in the same cache a later call of ``jitted`` consults, so
+the real call neither traces nor compiles again (checked in jax 0.10.2 by the
+backend-compile events; ``tests/test_warm_up.py`` keeps checking it). A spec
+matches the real argument in shape, dtype, weak type and sharding (state
+replicated, batches sharded along ``data``, as ``DataParallel`` places them),
+or the real call would compile a second executable.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from typing import Any, Callable, Mapping
@@ -165,53 +175,65 @@ def _masked_retraining(config, task) -> bool:
 
 
 def warm_up(programs: Programs, config, task, parallel, variables) -> float:
-    """Compiles every program once on throwaway copies, outside the timed phases.
+    """Compiles every program from abstract shapes, outside the timed phases.
 
-    Each train and eval step runs once per batch shape of the task
-    (``task.warmup_batches``: text has one per length bucket).
+    Nothing runs: each program is lowered on ``jax.ShapeDtypeStruct``s, once
+    per batch shape of the task (``task.batch_specs``: text has one per length
+    bucket), and compiled. See the module docstring for why this is enough.
 
     Returns:
       The seconds it took.
     """
     start = time.perf_counter()
-    shapes = task.warmup_batches()
+    specs = task.batch_specs()
     masked = _masked_retraining(config, task)
-    _log_compiling(programs, config, masked, len(shapes["train"]), len(shapes["eval"]))
-    batches = [parallel.put_batch(b) for b in shapes["train"]]
-    eval_batches = [parallel.put_batch(b) for b in shapes["eval"]]
-    place = parallel.replicate
-    inactive = place(steps_lib.inactive_truncation(programs.layout.num_entries))
+    _log_compiling(programs, config, masked, len(specs["train"]), len(specs["eval"]))
+    replicated = functools.partial(_abstract, sharding=parallel.replicated)
+    train_batches = [_abstract(b, parallel.batch) for b in specs["train"]]
+    eval_batches = [_abstract(b, parallel.batch) for b in specs["eval"]]
+    num_entries = programs.layout.num_entries
+    inactive = replicated(jax.eval_shape(
+        functools.partial(steps_lib.inactive_truncation, num_entries)))
+    acc = replicated(jax.eval_shape(steps_lib.zero_metrics))
+    params = replicated(variables["params"])
+    # Retraining's parameter mask, as the prune program returns it.
+    ones = jax.tree_util.tree_map(
+        lambda p: jax.ShapeDtypeStruct(p.shape, jnp.float32, sharding=p.sharding), params)
     for placement, fns in programs.steps.items():
-        # A copy: the steps donate their state, which would delete `variables`.
-        copy = jax.tree_util.tree_map(jnp.copy, variables)
-        state = place(state_lib.create_train_state(copy, programs.txs[placement],
-                                                   config.seed))
-        ones = place(jax.tree_util.tree_map(
-            lambda p: jnp.ones(p.shape, jnp.float32), state.params))
-        acc = place(steps_lib.zero_metrics())
-        for batch in batches:
-            state, acc = fns.train(state, batch, inactive, acc)
+        state = replicated(jax.eval_shape(functools.partial(
+            state_lib.create_train_state, tx=programs.txs[placement], seed=config.seed),
+            variables))
+        for batch in train_batches:
+            fns.train.lower(state, batch, inactive, acc).compile()
             if masked:
-                state, acc = fns.train_masked(state, batch, inactive, acc, ones)
-        acc = place(steps_lib.zero_metrics())
-        for eval_batch in eval_batches:
-            acc = fns.eval(state.params, state.batch_stats, eval_batch, acc)
-        jax.block_until_ready(acc)
+                fns.train_masked.lower(state, batch, inactive, acc, ones).compile()
+        for batch in eval_batches:
+            fns.eval.lower(state.params, state.batch_stats, batch, acc).compile()
     for search_config, search in programs.searches.items():
-        eb = place(search.init(programs.layout.num_entries))
-        eb = programs.eb_update(search_config, eb, variables["params"])
-        jax.block_until_ready(eb)
+        eb = replicated(jax.eval_shape(functools.partial(search.init, num_entries)))
+        # ``counted`` is a host array (or None) in every call: passed as it is.
+        programs.eb_updates[search_config].lower(
+            eb, programs.layout.representative(params), programs.counted).compile()
     for search_config, multi in programs.multis.items():
-        stacked = place(multi.init(programs.layout.num_entries))
-        stacked = programs.multi_update(search_config, stacked, variables["params"])
-        eb = multi_search.multi_ratio_state(stacked, 0)
+        stacked = replicated(jax.eval_shape(functools.partial(multi.init, num_entries)))
+        programs.multi_updates[search_config].lower(
+            stacked, programs.layout.representative(params)).compile()
     if config.pruning.mode != "structured":  # structured compiles per ticket
+        # The ticket is a search state's newest mask: bool [N].
+        newest = jax.ShapeDtypeStruct((num_entries,), jnp.bool_,
+                                      sharding=parallel.replicated)
         for ratio in variants_lib.prune_ratios(config) or (config.search.prune_ratio,):
-            jax.block_until_ready(programs.prune(variables["params"], eb.newest_mask,
-                                                 ratio))
+            programs.prune.lower(params, newest, ratio).compile()
     seconds = time.perf_counter() - start
     logging.info("compiled in %.1f s: %s", seconds, programs.compile_counts())
     return seconds
+
+
+def _abstract(tree, sharding):
+    """``tree`` (arrays or specs) as specs placed on ``sharding``, weak types kept."""
+    return jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding,
+                                       weak_type=getattr(x, "weak_type", False)), tree)
 
 
 def _log_compiling(programs: Programs, config, masked: bool, train_shapes: int,

@@ -19,6 +19,7 @@ import uuid
 import warnings
 from typing import Any
 
+from wormjax import _json as _json_lib
 
 __all__ = [
     "MetricsWriter",
@@ -31,19 +32,6 @@ __all__ = [
 _EPOCH_SCALARS = ("d_max", "d_avg", "ratio", "truncation_active", "train_loss",
                   "train_accuracy", "eval_accuracy", "eval_loss", "epoch_time")
 _tensorboard_warned = False
-
-
-def _json_default(obj: Any) -> Any:
-    # numpy and jax scalars/arrays both expose tolist(); ConfigDicts expose to_dict().
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if hasattr(obj, "to_dict"):
-        return obj.to_dict()
-    if isinstance(obj, (set, frozenset)):
-        return sorted(obj)
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serialisable")
 
 
 def _open_tensorboard(logdir: str):
@@ -96,7 +84,7 @@ class MetricsWriter:
           record: an epoch or step record; numpy/jax scalars are converted.
         """
         record = {"variant": self.variant, "seed": self.seed, **record}
-        self._file.write(json.dumps(record, default=_json_default) + "\n")
+        self._file.write(json.dumps(record, default=_json_lib.default) + "\n")
         self._file.flush()
         if self._tb is not None:
             self._mirror(record)
@@ -235,7 +223,7 @@ def epoch_line(record: dict) -> str:
 
 def to_json(payload: Any) -> str:
     """JSON text of ``payload``, converting numpy/jax values and ConfigDicts."""
-    return json.dumps(payload, indent=2, default=_json_default)
+    return json.dumps(payload, indent=2, default=_json_lib.default)
 
 
 def write_summary(path: str, payload: dict) -> None:

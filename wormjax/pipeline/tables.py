@@ -46,6 +46,11 @@ def _stat(values: Sequence[float], fmt: str, scale: float = 1.0, suffix: str = "
     return f"{x.mean():{spec}} ± {x.std(ddof=1):{fmt}}{suffix}"
 
 
+def _cell(fmt, key, **kwargs):
+    """A metric row's cell maker: ``fmt`` of ``key``'s values over one column's runs."""
+    return lambda runs: fmt(_values(runs, key), **kwargs)
+
+
 def _count(values: Sequence[float]) -> str:
     # Epoch counts: integers for one seed (as the paper prints them), one decimal for a mean.
     if len(values) == 1 and float(values[0]).is_integer():
@@ -183,6 +188,29 @@ def _chance_note(groups: dict[str, list[dict]], labels: dict[str, str],
     return note
 
 
+# The metrics the result tables share, each in both tables' words: key ->
+# (Table II's label, Tables IV-VI's label, the cell over one column's runs).
+_METRICS = {
+    "ticket_epoch": ("Ticket Search Epoch Count", "Epochs to Prune",
+                     _cell(_count, "ticket_epoch")),
+    "pre_prune": ("Pre-Pruned Acc.", "Pre-Pruned Accuracy",
+                  _cell(_pct, "pre_prune_accuracy")),
+    "post_prune": ("Post-Prune Acc.", "Pruned Accuracy",
+                   _cell(_pct, "post_prune_accuracy")),
+    "one_epoch": ("Retrain Acc. after One Epoch", "Accuracy after 1 Epoch of Retraining",
+                  _cell(_pct, "retrain_accuracy_after_one_epoch")),
+    "wall_time": ("Total Wall Time", "Time to Prune and Re-train",
+                  _cell(_seconds, _total_time)),
+    "converged": ("Converged", "Converged", _converged),
+}
+_TABLE_II, _TABLE_IV = 0, 1  # which label of _METRICS
+
+
+def _rows(table: int, keys: Sequence[str]) -> list:
+    """``(label, cell)`` of each metric in ``keys``, labelled as ``table`` does."""
+    return [(_METRICS[k][table], _METRICS[k][2]) for k in keys]
+
+
 def comparison_table(summaries: Sequence[dict], max_retrain_epochs: int | None = None,
                      num_classes: int | None = None) -> str:
     """EB Train vs WORM: the paper's Tables II and III, one column per variant.
@@ -201,16 +229,9 @@ def comparison_table(summaries: Sequence[dict], max_retrain_epochs: int | None =
     """
     groups = _group(summaries, "variant")
     labels = _labels(groups)
-    metrics = [
-        ("Ticket Search Epoch Count", lambda rs: _count(_values(rs, "ticket_epoch"))),
-        ("Pre-Pruned Acc.", lambda rs: _pct(_values(rs, "pre_prune_accuracy"))),
-        ("Post-Prune Acc.", lambda rs: _pct(_values(rs, "post_prune_accuracy"))),
-        ("Retrain Acc. after One Epoch",
-         lambda rs: _pct(_values(rs, "retrain_accuracy_after_one_epoch"))),
-        (_restore_header(summaries), lambda rs: _restore(rs, max_retrain_epochs)),
-        ("Total Wall Time", lambda rs: _seconds(_values(rs, _total_time))),
-        ("Converged", _converged),
-    ]
+    metrics = (_rows(_TABLE_II, ("ticket_epoch", "pre_prune", "post_prune", "one_epoch"))
+               + [(_restore_header(summaries), lambda rs: _restore(rs, max_retrain_epochs))]
+               + _rows(_TABLE_II, ("wall_time", "converged")))
     headers = ["Algorithm"] + [_flagged(labels[v], runs) for v, runs in groups.items()]
     rows = [[name] + [fn(runs) for runs in groups.values()] for name, fn in metrics]
     return _render(headers, rows, [_not_reached_note(summaries), _WALL_TIME_NOTE,
@@ -272,17 +293,9 @@ def glue_table(summaries: Sequence[dict], baselines: dict[str, float] | None = N
     """
     groups = _group(summaries, "variant")
     labels = _labels(groups)
-    metrics = [
-        ("Pre-Pruned Accuracy", lambda rs: _pct(_values(rs, "pre_prune_accuracy"))),
-        ("Epochs to Prune", lambda rs: _count(_values(rs, "ticket_epoch"))),
-        ("Pruned Accuracy", lambda rs: _pct(_values(rs, "post_prune_accuracy"))),
-        ("Accuracy after 1 Epoch of Retraining",
-         lambda rs: _pct(_values(rs, "retrain_accuracy_after_one_epoch"))),
-        ("Accuracy Gain after 1 Epoch", lambda rs: _pct(_values(rs, _gain), sign=True)),
-        ("Time to Prune and Re-train",
-         lambda rs: _seconds(_values(rs, _total_time))),
-        ("Converged", _converged),
-    ]
+    metrics = (_rows(_TABLE_IV, ("pre_prune", "ticket_epoch", "post_prune", "one_epoch"))
+               + [("Accuracy Gain after 1 Epoch", _cell(_pct, _gain, sign=True))]
+               + _rows(_TABLE_IV, ("wall_time", "converged")))
     blocks = []
     for variant, runs in groups.items():
         tasks = _group(runs, "task")

@@ -16,6 +16,7 @@ from wormjax.pipeline import divergence
 __all__ = ["ForwardFlops", "Task", "CompactableTask", "SplitMembers"]
 
 Batch = Mapping[str, Any]  # host numpy arrays, one fixed shape per bucket
+BatchSpec = Mapping[str, Any]  # the same keys as jax.ShapeDtypeStruct (no data)
 
 
 class ForwardFlops(NamedTuple):
@@ -58,7 +59,14 @@ class Task(Protocol):
 
     @staticmethod
     def validate_config(config) -> None:
-        """Raises ``ValueError`` naming a bad field before any data is read."""
+        """Checks ``config`` for this task before any data is read.
+
+        Args:
+          config: the experiment ConfigDict.
+
+        Raises:
+          ValueError: naming the bad field, its value and what is allowed.
+        """
 
     def init_variables(self, seed: int) -> dict:
         """``{"params": ..., "batch_stats": ...}`` as fresh device arrays for ``seed``."""
@@ -72,8 +80,13 @@ class Task(Protocol):
     def eval_batches(self) -> Iterator[Batch]:
         """Every evaluation example once."""
 
-    def warmup_batches(self) -> dict[str, Sequence[Batch]]:
-        """``{"train": [...], "eval": [...]}``: one batch of every shape the steps see."""
+    def batch_specs(self) -> dict[str, Sequence[BatchSpec]]:
+        """``{"train": [...], "eval": [...]}``: every batch shape the steps see.
+
+        Each is a dict of ``jax.ShapeDtypeStruct`` (global shape, no sharding)
+        matching the host batches exactly; the warm-up compiles from these, so a
+        wrong dtype or a missing bucket means a compilation inside a timed phase.
+        """
 
     def forward_flops(self, variables, model=None) -> ForwardFlops:
         """Eval-forward FLOPs per example of ``model`` (default: the task's own)."""

@@ -44,14 +44,7 @@ class TextTask(task_lib.SplitMembers):
 
     @staticmethod
     def validate_config(config) -> None:
-        """Checks every field, the checkpoint and data folders, before anything is read.
-
-        Args:
-          config: the experiment ConfigDict (``task="text"``).
-
-        Raises:
-          ValueError: naming the bad field, its value and what is allowed.
-        """
+        """``Task.validate_config``: every field, the checkpoint and the data folders."""
         config_checks.check_config(config)
         data, model = config.data, config.model
         max_seq_len = data.max_seq_len
@@ -202,20 +195,21 @@ class TextTask(task_lib.SplitMembers):
         return text_lib.text_batches(self.eval_split, self.eval_batch_size, shuffle=False,
                                      boundaries=self.boundaries, drop_remainder=False)
 
-    def warmup_batches(self) -> dict[str, list[dict]]:
-        """One batch of every shape the steps will see, to compile them up front.
+    def batch_specs(self) -> dict[str, list[dict]]:
+        """Shapes and dtypes of every batch the steps see, from the bucket plans alone.
 
         Returns:
-          ``{"train": [...], "eval": [...]}``, one batch per length bucket in use.
+          ``{"train": [...], "eval": [...]}``, one spec per length bucket in use
+          (eval batches carry the 0/1 ``mask`` of their padding rows).
         """
-        def one_per_shape(batches):
-            seen = {}
-            for batch in batches:
-                seen.setdefault(batch["input_ids"].shape, batch)
-            return list(seen.values())
-
-        return {"train": one_per_shape(self.train_batches(self.config.seed, 0)),
-                "eval": one_per_shape(self.eval_batches())}
+        eval_plan = text_lib.text_batch_plan(
+            self.eval_split, self.eval_batch_size, shuffle=False,
+            boundaries=self.boundaries, drop_remainder=False)
+        eval_lengths = sorted({length for length, _ in eval_plan})
+        return {"train": [_batch_spec(self.batch_size, length, with_mask=False)
+                          for length in self.train_bucket_lengths],
+                "eval": [_batch_spec(self.eval_batch_size, length, with_mask=True)
+                         for length in eval_lengths]}
 
     def _flops_at(self, variables, model, seq_len: int) -> float:
         def apply(v, input_ids):
@@ -244,3 +238,13 @@ class TextTask(task_lib.SplitMembers):
         return task_lib.ForwardFlops(
             longest=by_length[longest], train=train,
             by_length={length: by_length[length] for length in counts})
+
+
+def _batch_spec(batch_size: int, length: int, with_mask: bool) -> dict:
+    """The abstract ``text_lib.text_batches`` batch of one bucket length."""
+    tokens = jax.ShapeDtypeStruct((batch_size, length), jnp.int32)
+    spec = {"input_ids": tokens, "token_type_ids": tokens, "attention_mask": tokens,
+            "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32)}
+    if with_mask:
+        spec["mask"] = jax.ShapeDtypeStruct((batch_size,), jnp.float32)
+    return spec

@@ -15,6 +15,8 @@ import tempfile
 import time
 from typing import Iterable
 
+from wormjax import _json as _json_lib
+
 __all__ = ["load", "save", "run_entry", "merge", "units_done", "TRAJECTORY_FIELDS"]
 
 FORMAT_VERSION = 1
@@ -50,7 +52,7 @@ def save(path: str, data: dict) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(data, f, indent=1, sort_keys=True, allow_nan=False,
-                      default=_plain)
+                      default=_json_lib.default)
             f.write("\n")
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
@@ -58,12 +60,6 @@ def save(path: str, data: dict) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-
-
-def _plain(obj):
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
 def _finite(value):
