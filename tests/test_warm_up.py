@@ -95,6 +95,16 @@ def test_image_experiment_compiles_no_program_after_the_warm_up(tmp_path):
     _check_image(_image_run(str(tmp_path)))
 
 
+def test_multi_ratio_search_compiles_no_program_after_the_warm_up(tmp_path):
+    seen = _image_run(str(tmp_path), **{"search.prune_ratios": "0.3,0.7",
+                                        "search.primary_ratio": 0.7})
+    # One update for both ratios per search config; a prune program per ratio.
+    assert collections.Counter(seen["warm_up"]) == {
+        "jit(plain)": 1, "jit(masked)": 1, "jit(eval_step)": 1, "jit(prune)": 2,
+        "jit(update)": 2}
+    assert not PROGRAMS & set(seen["after"]), seen["after"]
+
+
 def test_text_experiment_compiles_no_program_after_the_warm_up(files, tmp_path):  # noqa: F811
     # The authors' key-only counting passes a host array to the EB update.
     config = tiny_text_config(files, **{"experiment.placements": "gradient",
