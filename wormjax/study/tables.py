@@ -30,6 +30,18 @@ def _search_epochs(run: dict) -> float | None:
     return _get("ticket_epoch")(run)
 
 
+def _last_retrain_accuracy(run: dict) -> float | None:
+    # Where retraining ended: the target, or the retraining budget.
+    accs = [r["eval_accuracy"] for r in run.get("trajectory", [])
+            if r.get("phase") == "retrain" and r.get("eval_accuracy") is not None]
+    return float(accs[-1]) if accs else None
+
+
+def _params_kept(run: dict) -> float | None:
+    dense, pruned = _get("params", "dense")(run), _get("params", "pruned")(run)
+    return pruned / dense if dense and pruned is not None else None
+
+
 # (column, reader, format, scale, suffix): the paper's columns plus cost.
 METRICS = (
     ("search epochs", _search_epochs, ".1f", 1.0, ""),
@@ -40,6 +52,8 @@ METRICS = (
     ("acc after 1 retrain epoch", _get("retrain_accuracy_after_one_epoch"),
      ".2f", 100.0, "%"),
     ("restore epochs", _get("restore_epochs"), ".1f", 1.0, ""),
+    ("acc at retrain end", _last_retrain_accuracy, ".2f", 100.0, "%"),
+    ("params kept", _params_kept, ".1f", 100.0, "%"),
     ("training PFLOPs", _get("flops", "training_flops_spent"), ".3f", 1e-15, ""),
     ("wall time total", _get("times", "total"), ".0f", 1.0, "s"),
 )
