@@ -7,7 +7,9 @@ trigger a WORM run is the EB run, so each row is exact: the update at which
 the trigger would fire (if before the stop), and the update at which EB
 Train stops. ``--authors_qk_mask_bug`` replays the WORM authors' Q/K
 distances (``wormjax.quirks``). Prints a markdown table; ``--json`` also
-writes the rows.
+writes the rows. The recording ends where its own run's search stopped, so
+record with a small ``search.stop_distance`` (the run then searches up to
+``search.max_epochs``) to scan settings stricter than the run's.
 
   python -m wormjax.study.scan runs/rte/eb_seed0 --stop_distance 0.01,0.005 \\
       --trigger_margin 0.005,0.01 --window 3,5
@@ -63,10 +65,12 @@ def scan(magnitudes, *, prune_ratios, windows, stop_distances, trigger_margins,
 
 def markdown(rows: list[dict]) -> str:
     """The rows as a pipe table (``-`` for never within the recording)."""
-    def cell(value):
+    def cell(key, value):
         if value is None or value == -1:
             return "-"
-        return f"{value:.4f}" if isinstance(value, float) else str(value)
+        if key.startswith("d_max"):
+            return f"{value:.4f}"
+        return f"{value:g}" if isinstance(value, float) else str(value)
 
     head = ["p", "window", "s", "delta", "first full window", "d_max there",
             "lowest d_max", "WORM trigger", "EB stop"]
@@ -74,7 +78,7 @@ def markdown(rows: list[dict]) -> str:
             "d_max_first_full", "d_max_min", "trigger_update", "stop_update"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        lines.append("| " + " | ".join(cell(r[k]) for k in keys) + " |")
+        lines.append("| " + " | ".join(cell(k, r[k]) for k in keys) + " |")
     return "\n".join(lines)
 
 
