@@ -133,3 +133,19 @@ def test_bad_ratio_configs_fail_before_any_work(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         _run(_config(**overrides), workdir)
     assert not workdir.exists()
+
+
+def test_nan_in_the_shared_search_names_the_checkpoint_to_resume(tmp_path, monkeypatch):
+    from wormjax.pipeline import loop
+    from wormjax.pipeline import steps as steps_lib
+
+    real_read, reads = steps_lib.read_metrics, []
+
+    def poisoned(acc):
+        reads.append(1)
+        out = real_read(acc)
+        return dict(out, loss=float("nan")) if len(reads) >= 3 else out
+
+    monkeypatch.setattr(steps_lib, "read_metrics", poisoned)
+    with pytest.raises(loop.NonFiniteLossError, match="newest checkpoint is step 4"):
+        _run(_multi_config(), tmp_path)

@@ -39,6 +39,7 @@ from wormjax.pipeline import phases
 from wormjax.pipeline import resume
 from wormjax.pipeline import run as run_lib
 from wormjax.pipeline import compact_switch
+from wormjax.pipeline import divergence
 from wormjax.pipeline import state as state_lib
 from wormjax.pipeline import summary as summary_lib
 from wormjax.pipeline import variants as variants_lib
@@ -178,6 +179,8 @@ def run_multi(task, config, programs, parallel, variant, seed: int, workdir: str
                                       log)
         try:
             progress = _search(search_run)
+        except divergence.NonFiniteError as err:
+            raise run_lib.noted(search_run, err) from None
         finally:
             search_run.ckpt.close()
     ratios = programs.multis[search_run.search_config].config.prune_ratios

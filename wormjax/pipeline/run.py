@@ -26,7 +26,8 @@ from wormjax.pipeline import summary as summary_lib
 from wormjax.pipeline import variants as variants_lib
 from wormjax.pipeline.variants import Variant
 
-__all__ = ["Variant", "RunLog", "Run", "make_run", "run_variant", "continue_run"]
+__all__ = ["Variant", "RunLog", "Run", "make_run", "run_variant", "continue_run",
+           "noted"]
 
 
 class RunLog:
@@ -147,9 +148,14 @@ def continue_run(run: Run, ticket_checkpoints: str | None = None) -> dict:
                                        variant=variant, seed=run.seed,
                                        costs=programs.costs)
     except divergence.NonFiniteError as err:
-        run.ckpt.wait()  # the failing epoch wrote none: the newest is the one to name
-        step = run.ckpt.latest_step()
-        meta = run.ckpt.restore_meta(step) if step is not None else {}
-        raise divergence.with_checkpoint_note(err, run.ckpt, meta) from None
+        raise noted(run, err) from None
     finally:
         run.ckpt.close()
+
+
+def noted(run: Run, err: divergence.NonFiniteError) -> divergence.NonFiniteError:
+    """``err`` ending with the checkpoint the run can resume from."""
+    run.ckpt.wait()  # the failing epoch wrote none: the newest is the one to name
+    step = run.ckpt.latest_step()
+    meta = run.ckpt.restore_meta(step) if step is not None else {}
+    return divergence.with_checkpoint_note(err, run.ckpt, meta)
