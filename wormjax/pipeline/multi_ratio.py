@@ -40,7 +40,6 @@ from wormjax.pipeline import resume
 from wormjax.pipeline import run as run_lib
 from wormjax.pipeline import compact_switch
 from wormjax.pipeline import divergence
-from wormjax.pipeline import state as state_lib
 from wormjax.pipeline import summary as summary_lib
 from wormjax.pipeline import variants as variants_lib
 from wormjax.pipeline.progress import Progress
@@ -51,12 +50,6 @@ __all__ = ["MultiSearch", "ticket_dir", "run_multi"]
 def ticket_dir(run_dir: str, prune_ratio: float, epoch: int) -> str:
     """Where the search in ``run_dir`` keeps the ticket of ``prune_ratio``."""
     return os.path.join(run_dir, "tickets", f"EB-{prune_ratio:g}-{epoch}")
-
-
-def _ratio_fields(eb, index: int) -> dict:
-    one = multi_search.multi_ratio_state(eb, index)
-    return {"d_max": float(one.d_max), "d_avg": float(one.d_avg),
-            "dists": [float(d) for d in one.dists]}
 
 
 class MultiSearch(phases.SingleSearch):
@@ -80,17 +73,28 @@ class MultiSearch(phases.SingleSearch):
         return self.multi.truncation(eb)
 
     def record_fields(self, eb, truncation) -> dict:
-        stopped = jax.device_get(eb.converged)
-        ratios = [{"prune_ratio": p, "converged": bool(stopped[i]), **_ratio_fields(eb, i)}
+        host = jax.device_get((eb.converged, eb.d_max, eb.d_avg, eb.dists))  # one copy
+        ratios = [{"prune_ratio": p, "converged": bool(host[0][i]),
+                   "d_max": float(host[1][i]), "d_avg": float(host[2][i]),
+                   "dists": [float(d) for d in host[3][i]]}
                   for i, p in enumerate(self.ratios)]
         return {"eb": self.view(eb), "truncation": truncation, "ratios": ratios}
 
     def drawn(self, progress: Progress, state, eb, epoch: int) -> Progress:
         progress = super().drawn(progress, state, eb, epoch)
+        return self.save_tickets(progress, state, eb, epoch, converged=True)
+
+    def save_tickets(self, progress: Progress, state, eb, epoch: int,
+                     converged: bool) -> Progress:
+        """Saves the ticket of every ratio whose stop state is ``converged``, once.
+
+        ``converged=True`` after each update (the detectors that have stopped);
+        ``False`` at ``max_epochs`` (those still searching, unconverged).
+        """
         stopped = jax.device_get(eb.converged)
         for i, p in enumerate(self.ratios):
-            if stopped[i] and str(p) not in (progress.tickets or {}):
-                progress = self.save_ticket(progress, state, eb, i, epoch, True)
+            if bool(stopped[i]) == converged and str(p) not in (progress.tickets or {}):
+                progress = self.save_ticket(progress, state, eb, i, epoch, converged)
         return progress
 
     def save_ticket(self, progress: Progress, state, eb, index: int, epoch: int,
@@ -142,21 +146,17 @@ def _arm_run(parent, prune_ratio: float, checkpoints: str | None = None,
 def _search(run) -> Progress:
     """The shared search, resumed or run to its end; returns its final progress."""
     programs = run.programs
-    state = run.parallel.replicate(state_lib.create_train_state(
-        run.task.init_variables(run.seed), run.tx, run.seed))
     eb = run.parallel.replicate(
         programs.multis[run.search_config].init(programs.layout.num_entries))
-    progress, tree = resume.restore_or_init(run, state, eb)
+    progress, tree = resume.restore_or_init(run, run_lib.fresh_train_state(run), eb)
     if progress.phase == "done":
         return progress
     searcher = MultiSearch(run)
     model = compact_switch.dense(programs, run.variant.placement)
     progress, state, eb = phases.search(run, progress, model, tree["state"], tree["eb"],
                                         tree.get("acc"), searcher=searcher)
-    stopped = jax.device_get(eb.converged)
-    for i, p in enumerate(searcher.ratios):  # still searching at max_epochs
-        if not stopped[i] and str(p) not in (progress.tickets or {}):
-            progress = searcher.save_ticket(progress, state, eb, i, progress.epoch, False)
+    # The detectors still searching at max_epochs end unconverged there.
+    progress = searcher.save_tickets(progress, state, eb, progress.epoch, converged=False)
     progress = progress.replace(phase="done")
     resume.save(run, progress, resume.checkpoint_tree(state, eb))
     return progress

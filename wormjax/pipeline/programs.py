@@ -93,19 +93,14 @@ class Programs:
         return counts
 
 
-def _counted_update(search: search_lib.EarlyBirdSearch, counter) -> Callable:
-    # The public update, inlined in a jit of its own so that the counter sees
-    # each compilation (one per input shape), as it does for every other program.
-    def update(eb, representative, counted=None):
+def _counted_update(search, counter) -> Callable:
+    # The public update (``early_bird(...)`` or ``early_bird_multi(...)``),
+    # inlined in a jit of its own so that the counter sees each compilation
+    # (one per input shape), as it does for every other program. ``counted``
+    # (the one-ratio search's optional argument) passes through.
+    def update(eb, representative, *counted):
         counter.hit("eb_update")
-        return search.update(eb, representative, counted)
-    return jax.jit(update)
-
-
-def _counted_multi_update(search: multi_search.MultiRatioSearch, counter) -> Callable:
-    def update(eb, representative):
-        counter.hit("eb_update")
-        return multi_search.update(eb, representative, search.config)
+        return search.update(eb, representative, *counted)
     return jax.jit(update)
 
 
@@ -164,7 +159,7 @@ def build_programs(config, task: Task, variants, variables) -> Programs:
                     prune=_prune_program(config, task, layout, counter),
                     recalibrate=recalibration.stats_fn(task.forward, counter), costs=costs,
                     counted=counted, multis=multis,
-                    multi_updates={c: _counted_multi_update(m, counter)
+                    multi_updates={c: _counted_update(m, counter)
                                    for c, m in multis.items()})
 
 

@@ -27,7 +27,7 @@ from wormjax.pipeline import variants as variants_lib
 from wormjax.pipeline.variants import Variant
 
 __all__ = ["Variant", "RunLog", "Run", "make_run", "run_variant", "continue_run",
-           "noted"]
+           "fresh_train_state", "noted"]
 
 
 class RunLog:
@@ -93,11 +93,18 @@ def run_variant(task, config, programs, parallel, variant: Variant, seed: int,
                                  workdir, log))
 
 
-def _restore(run, ticket_checkpoints: str | None):
-    # Replicated on every device; restored checkpoints land the same way,
-    # whatever device count wrote them.
-    state = run.parallel.replicate(state_lib.create_train_state(
+def fresh_train_state(run: Run):
+    """The run's initial train state (weights from its seed), on every device.
+
+    Replicated, so that restored checkpoints land the same way, whatever
+    device count wrote them.
+    """
+    return run.parallel.replicate(state_lib.create_train_state(
         run.task.init_variables(run.seed), run.tx, run.seed))
+
+
+def _restore(run, ticket_checkpoints: str | None):
+    state = fresh_train_state(run)
     eb = run.parallel.replicate(search_lib.init(run.programs.layout.num_entries,
                                                 run.search_config))
     if ticket_checkpoints is None or run.ckpt.latest_step() is not None:
