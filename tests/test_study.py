@@ -12,6 +12,7 @@ from wormjax.study import plan as plan_lib
 from wormjax.study import report as report_lib
 from wormjax.study import results as results_lib
 from wormjax.study import stats
+from wormjax.study import tables
 
 from conftest import REPO
 
@@ -115,6 +116,34 @@ def test_report_regenerates_from_the_json_alone(tmp_path):
     assert open(os.path.join(root, "docs", "results", "fake.md")).read() == md
 
 
+def test_tables_show_gain_f1_truncated_epochs_and_prune_retrain_time():
+    runs = []
+    for s in range(3):
+        eb = _fake_run("rte", "eb", s, 6 + s, 0.9, 0.1, 0.8)
+        worm = _fake_run("rte", "worm", s, 5 + s, 0.88, 0.3, 0.85)
+        for run, f1 in ((eb, (0.70, 0.40, 0.60)), (worm, (0.72, 0.50, 0.66))):
+            run["summary"].update(pre_prune_f1=f1[0], post_prune_f1=f1[1],
+                                  retrain_f1_after_one_epoch=f1[2],
+                                  times={"prune": 1.0, "retrain": 4.0 + s,
+                                         "total": 20.0})
+        runs += [eb, worm]
+    table = tables.arms_table(runs)
+    # Gain = after one retrain epoch - pre-prune: 0.8 - 0.9 and 0.85 - 0.88.
+    assert "-10.00 pts ± 0.00 pts (n=3)" in table
+    assert "-3.00 pts ± 0.00 pts (n=3)" in table
+    # WORM's truncation is active from search epoch 3 to the ticket (5, 6, 7):
+    # 3, 4, 5 epochs; EB never truncates.
+    assert "4.0 ± 1.0 (n=3)" in table and "0.0 ± 0.0 (n=3)" in table
+    assert "70.00% ± 0.00% (n=3)" in table and "66.00% ± 0.00% (n=3)" in table
+    assert "6s ± 1s (n=3)" in table  # prune 1 s + retrain 4, 5, 6 s
+    paired = tables.paired_table(runs, "eb", "worm")
+    assert "| gain after 1 retrain epoch |" in paired
+    assert "+7.00 pts [+7.00 pts, +7.00 pts] (n=3) | 3/0/0, p=0.250 |" in paired
+    assert "+10.00% [+10.00%, +10.00%] (n=3)" in paired  # post-prune F1
+    # CNN results without F1 leave the F1 columns out.
+    assert "F1" not in tables.arms_table([_fake_run("vgg", "eb", 0, 6, .9, .1, .8)])
+
+
 def test_results_file_round_trips_and_refuses_another_study(tmp_path):
     path = str(tmp_path / "a.json")
     entry = _fake_run("vgg", "eb", 0, 4, 0.9, float("nan"), 0.8)
@@ -139,6 +168,30 @@ def test_results_file_round_trips_and_refuses_another_study(tmp_path):
 def test_bad_plans_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
         plan_lib.StudyExperiment(**kwargs)
+
+
+def test_cross_pairs_compare_two_experiments_seed_by_seed():
+    qk = plan_lib.StudyExperiment("rte_qk", "c.py", seeds=(0, 1, 2))
+    qkv = plan_lib.StudyExperiment("rte_qkv", "c.py", seeds=(0, 1, 2))
+    study = plan_lib.Study("s", "d", [qk, qkv],
+                           cross_pairs=[("rte_qkv/eb", "rte_qk/eb")])
+    runs = [_fake_run("rte_qkv", "eb", s, 4, 0.6, 0.5, 0.55) for s in range(3)]
+    runs += [_fake_run("rte_qk", "eb", s, 3 + s, 0.62, 0.5, 0.55) for s in range(3)]
+    runs += [_fake_run("rte_qk", "worm", s, 9, 0.1, 0.1, 0.1) for s in range(3)]
+    md = report_lib.render(study, {"runs": runs}, {})
+    section = md[md.index("## Across experiments"):]
+    assert "Paired: rte_qk/eb vs rte_qkv/eb" in section
+    # Search epochs 3, 4, 5 vs 4, 4, 4: differences -1, 0, +1; pre-prune +2 pts.
+    assert "| search epochs | 4.0 ± 0.0 (n=3) | 4.0 ± 1.0 (n=3) |" in section
+    assert "1/1/1, p=1.000" in section
+    assert "+2.00% [+2.00%, +2.00%] (n=3)" in section
+    assert "rte_qk/worm" not in section
+    # Without a cross pair there is no such section.
+    assert "Across" not in report_lib.render(plan_lib.Study("s", "d", [qk, qkv]),
+                                             {"runs": runs}, {})
+    for bad in ("rte_qk", "nope/eb", "rte_qk/"):
+        with pytest.raises(ValueError, match="experiment/variant"):
+            plan_lib.Study("s", "d", [qk, qkv], cross_pairs=[(bad, "rte_qk/eb")])
 
 
 def test_unknown_study_and_experiment_named(tmp_path, capsys):
@@ -178,3 +231,26 @@ def test_run_then_skip_what_the_json_holds(tmp_path, capsys):
     assert "ran 0 unit(s)" in capsys.readouterr().out
     assert study_cli.main(["list", "tiny"] + args) == 0
     assert "digits seed 0: done" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", sorted(
+    f[:-3] for f in os.listdir(os.path.join(REPO, "studies"))
+    if f.endswith(".py") and not f.startswith("_")))
+def test_committed_plans_build_valid_configs(name):
+    from wormjax.pipeline import config_checks, variants  # noqa: PLC0415 - imports JAX
+    study = plan_lib.load_study(name, str(REPO))
+    for e in study.experiments:
+        config = plan_lib.experiment_config(e, e.seeds[0], str(REPO))
+        config_checks.check_config(config)
+        assert variants.arm_names(config)
+    names = set()
+    for e in study.experiments:
+        names |= {f"{e.name}/{a}" for a in variants.arm_names(
+            plan_lib.experiment_config(e, e.seeds[0], str(REPO)))}
+    assert {a for pair in study.cross_pairs for a in pair} <= names
+    # Every pair the report draws names arms one experiment has: a typo would
+    # silently drop its table.
+    arm_sets = [{a.partition("/")[2] for a in names if a.startswith(f"{e.name}/")}
+                for e in study.experiments]
+    for ref, cmp_ in study.pairs:
+        assert any({ref, cmp_} <= arms for arms in arm_sets), (ref, cmp_)

@@ -147,12 +147,28 @@ def test_subsets_are_deterministic_and_seed_independent(files, task):
                                                       "seed": 5}))
     assert small.num_train_examples == 64 and small.num_eval_examples == 20
     # The same rows as the full (seed 0) task at the seed-independent indices.
-    picked = text_lib.subset_indices(128, 64, 0)
+    picked = text_lib.balanced_subset_indices(task.train_split.labels, 64, 0)
     for j, i in enumerate(picked):
         np.testing.assert_array_equal(small.train_split.input_ids[j],
                                       task.train_split.input_ids[i])
     np.testing.assert_array_equal(text_lib.subset_indices(10, 0), np.arange(10))
     assert len(set(text_lib.subset_indices(100, 30).tolist())) == 30
+
+
+def test_training_subset_is_class_balanced_and_shuffled():
+    # 90 of class 0 first, then 10 of class 1: a balanced 16 takes 8 of each,
+    # and not simply the first 8 rows of class 0.
+    labels = np.array([0] * 90 + [1] * 10)
+    picked = text_lib.balanced_subset_indices(labels, 16, 0)
+    assert np.bincount(labels[picked]).tolist() == [8, 8]
+    assert picked.tolist() == sorted(set(picked.tolist()))
+    assert picked[:8].tolist() != list(range(8))
+    np.testing.assert_array_equal(picked, text_lib.balanced_subset_indices(labels, 16, 0))
+    # Too few of class 1: it gives all it has, class 0 fills the rest.
+    assert np.bincount(labels[text_lib.balanced_subset_indices(labels, 40)]).tolist() == [
+        30, 10]
+    np.testing.assert_array_equal(text_lib.balanced_subset_indices(labels, 0),
+                                  np.arange(100))
 
 
 def test_initialisation_is_the_checkpoint_with_a_seeded_head(task, files):
@@ -292,6 +308,12 @@ def test_text_experiment_outputs_and_glue_table(text_run):
     for run, expected in zip(runs, ([False, False], [False, True], [False, True])):
         search = [r["truncation_active"] for r in run["trajectory"] if r["phase"] == "search"]
         assert search == expected
+        # Two classes: F1 beside accuracy, read where the accuracies are.
+        search_recs = [r for r in run["trajectory"] if r["phase"] == "search"]
+        retrain = [r for r in run["trajectory"] if r["phase"] == "retrain"]
+        assert run["pre_prune_f1"] == search_recs[-1]["eval_f1"]
+        assert run["retrain_f1_after_one_epoch"] == retrain[0]["eval_f1"]
+        assert 0.0 <= run["post_prune_f1"] <= 1.0
     first = [run["trajectory"][0] for run in runs]
     # Same initialisation and data for every arm: the same first epoch (the
     # update placement is another compiled step, so only to rounding).

@@ -16,11 +16,14 @@ import tokenizers
 from tokenizers import normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
+from wormjax.data import images
 from wormjax.models import weight_files
 
 _CLS, _SEP, _PAD, _UNK = "[CLS]", "[SEP]", "[PAD]", "[UNK]"
 # The subsets of train_limit / eval_limit do not depend on the run's seed, so every
-# seed of an experiment trains and evaluates on the same examples.
+# seed of an experiment trains and evaluates on the same examples. The training
+# subset is class-balanced; an evaluation subset is a plain random sample, so
+# that its accuracy estimates the whole split's.
 _SUBSET_SEED = 20240617
 
 
@@ -292,6 +295,31 @@ def subset_indices(num_examples: int, limit: int, salt: int = 0) -> np.ndarray:
         return np.arange(num_examples)
     rng = np.random.default_rng([_SUBSET_SEED, salt])
     return np.sort(rng.choice(num_examples, size=limit, replace=False))
+
+
+def balanced_subset_indices(labels: np.ndarray, limit: int, salt: int = 0
+                            ) -> np.ndarray:
+    """A deterministic class-balanced subset of ``limit`` example indices, in data order.
+
+    GLUE files are not in random order (SST-2's phrases come grouped), so the
+    examples are first shuffled with a fixed, seed-independent generator and
+    then taken round-robin over the classes, as ``data.train_limit`` does for
+    images: class counts differ by at most one wherever every class has enough.
+
+    Args:
+      labels: int ``[N]`` labels of the split.
+      limit: subset size; 0 (or >= N) keeps every example.
+      salt: distinguishes the train and evaluation subsets.
+
+    Returns:
+      Sorted int64 indices.
+    """
+    labels = np.asarray(labels)
+    if not limit or limit >= labels.shape[0]:
+        return np.arange(labels.shape[0])
+    order = np.random.default_rng([_SUBSET_SEED, salt]).permutation(labels.shape[0])
+    picked = images.balanced_subset(labels[order], int(limit))
+    return np.sort(order[picked]).astype(np.int64)
 
 
 def encode_subset(tokenizer: tokenizers.Tokenizer, examples, indices: np.ndarray,

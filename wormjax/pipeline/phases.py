@@ -196,9 +196,10 @@ def prune(run, progress: Progress, model, state, eb):
       (the compact one in structured mode) and its fresh state.
     """
     t0 = time.perf_counter()
-    search_evals = [r["eval_accuracy"] for r in progress.phase_records("search")
+    search_evals = [{"accuracy": r["eval_accuracy"], "f1": r.get("eval_f1")}
+                    for r in progress.phase_records("search")
                     if r["eval_accuracy"] is not None]
-    pre = search_evals[-1] if search_evals else evaluate(run, model, state)["accuracy"]
+    pre_eval = search_evals[-1] if search_evals else evaluate(run, model, state)
     cfg = run.config.pruning
     if cfg.mode == "structured":
         variables, info = compact_switch.build_compact(
@@ -221,16 +222,18 @@ def prune(run, progress: Progress, model, state, eb):
                 jax.device_get(eb.newest_mask))
     new_state = run.parallel.replicate(
         state_lib.create_train_state(variables, run.tx, run.seed))
-    post, stale = evaluate(run, model, new_state)["accuracy"], None
+    post_eval, stale = evaluate(run, model, new_state), None
     if cfg.get("recalibrate_bn_batches", 0):
-        stale = post
+        stale = post_eval["accuracy"]
         new_state = recalibration.recalibrated(
             new_state, model.recalibrate,
             run.task.train_batches(run.seed, progress.data_epoch),
             cfg.recalibrate_bn_batches, run.parallel.put_batch)
-        post = evaluate(run, model, new_state)["accuracy"]
+        post_eval = evaluate(run, model, new_state)
+    pre = pre_eval["accuracy"]
     progress = progress.replace(
-        pre_prune_accuracy=pre, post_prune_accuracy=post,
+        pre_prune_accuracy=pre, post_prune_accuracy=post_eval["accuracy"],
+        pre_prune_f1=pre_eval.get("f1"), post_prune_f1=post_eval.get("f1"),
         post_prune_accuracy_before_recalibration=stale, phase="retrain", epoch=0,
         has_param_mask=param_mask is not None, pruned_nonzero=int(nonzero),
         target_accuracy=summary_lib.restore_target(run.config.retrain, pre))

@@ -43,6 +43,9 @@ class Progress:
     pre_prune_accuracy: float | None = None
     post_prune_accuracy: float | None = None
     post_prune_accuracy_before_recalibration: float | None = None
+    # F1 of the positive class where the task has two classes (MRPC's metric).
+    pre_prune_f1: float | None = None
+    post_prune_f1: float | None = None
     target_accuracy: float | None = None
     restore_epochs: int | None = None
     pruned_nonzero: int | None = None

@@ -101,6 +101,10 @@ def run_summary(progress: Progress, *, task, config, variant: Variant, seed: int
             progress.post_prune_accuracy_before_recalibration,
         "retrain_accuracy_after_one_epoch":
             retrain[0]["eval_accuracy"] if retrain else None,
+        # Two-class tasks only (None elsewhere): GLUE reports F1 for MRPC.
+        "pre_prune_f1": progress.pre_prune_f1,
+        "post_prune_f1": progress.post_prune_f1,
+        "retrain_f1_after_one_epoch": retrain[0].get("eval_f1") if retrain else None,
         # restore_epochs, diverged, diverged_reason, chance_accuracy
         **divergence.verdict(progress.to_json(), task.chance_accuracy),
         "restore_target": {"kind": config.retrain.target_kind,

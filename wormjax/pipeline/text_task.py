@@ -84,7 +84,7 @@ class TextTask(task_lib.SplitMembers):
         tokenizer = text_lib.load_tokenizer(self.checkpoint_dir)
         max_seq_len = int(data.max_seq_len)
         self.train_split = text_lib.encode_subset(
-            tokenizer, train, text_lib.subset_indices(len(train), data.train_limit, 0),
+            tokenizer, train, text_lib.balanced_subset_indices(train.labels, data.train_limit, 0),
             max_seq_len)
         if data.eval_split == "train":  # the authors' protocol
             self.eval_split = self.train_split

@@ -70,12 +70,18 @@ class Study:
       experiments: the experiments, in report order.
       pairs: (reference variant, compared variant) pairs to compare seed by
         seed within each experiment, e.g. ``(("eb", "worm"),)``.
+      cross_pairs: pairs of ``"experiment/variant"`` arms of two experiments,
+        compared seed by seed as ``pairs`` are (e.g. the paper's Table IV vs
+        Table V: ``(("rte_qkv/eb", "rte_qk/eb"),)``). Their seeds start from
+        the same initialisation only where the two configs build the same
+        model and data order; the study's description should say so.
     """
 
     name: str
     description: str
     experiments: Sequence[StudyExperiment]
     pairs: Sequence[tuple[str, str]] = (("eb", "worm"),)
+    cross_pairs: Sequence[tuple[str, str]] = ()
 
     def __post_init__(self):
         names = [e.name for e in self.experiments]
@@ -85,6 +91,15 @@ class Study:
             raise ValueError(f"study {self.name!r} repeats experiment names: {names}")
         object.__setattr__(self, "experiments", tuple(self.experiments))
         object.__setattr__(self, "pairs", tuple(tuple(p) for p in self.pairs))
+        for pair in self.cross_pairs:
+            for arm in pair:
+                experiment, _, variant = str(arm).partition("/")
+                if experiment not in names or not variant:
+                    raise ValueError(
+                        f"study {self.name!r}: cross_pairs arm {arm!r} must be "
+                        f"'experiment/variant' with experiment one of {names}")
+        object.__setattr__(self, "cross_pairs",
+                           tuple(tuple(p) for p in self.cross_pairs))
 
     def experiment(self, name: str) -> StudyExperiment:
         """The experiment called ``name``."""

@@ -66,7 +66,26 @@ def render(study: plan_lib.Study, data: dict, figure_paths: dict) -> str:
                     tables.elbow_table(mine), ""]
         for link in figure_paths.get(e.name, ()):
             out += [f"![{os.path.basename(link)}]({link})", ""]
+    out += _cross_sections(study, runs)
     return "\n".join(out).rstrip() + "\n"
+
+
+def _cross_sections(study: plan_lib.Study, runs) -> list[str]:
+    # Each arm is relabelled "experiment/variant" so that paired_table can
+    # match the two experiments' runs seed by seed.
+    out = []
+    for ref, cmp_ in study.cross_pairs:
+        picked = []
+        for arm in (ref, cmp_):
+            experiment, _, variant = arm.partition("/")
+            picked += [dict(r, variant=arm) for r in runs
+                       if r["experiment"] == experiment and r["variant"] == variant]
+        table = tables.paired_table(picked, ref, cmp_)
+        if table:
+            if not out:
+                out += ["## Across experiments", ""]
+            out += [f"Paired: {cmp_} vs {ref}", "", table, ""]
+    return out
 
 
 def _thresholds(runs):

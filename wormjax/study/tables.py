@@ -37,6 +37,26 @@ def _last_retrain_accuracy(run: dict) -> float | None:
     return float(accs[-1]) if accs else None
 
 
+def _gain_after_one_epoch(run: dict) -> float | None:
+    # The paper's "accuracy gain after 1 epoch": one retraining epoch's accuracy
+    # minus the pre-prune accuracy (negative: not yet restored).
+    after = _get("retrain_accuracy_after_one_epoch")(run)
+    pre = _get("pre_prune_accuracy")(run)
+    return None if after is None or pre is None else after - pre
+
+
+def _truncated_epochs(run: dict) -> float | None:
+    # Search epochs that ended with truncation active: 0 means WORM never fired.
+    search = [r for r in run.get("trajectory", []) if r.get("phase") == "search"]
+    return float(sum(bool(r.get("truncation_active")) for r in search)) if search else None
+
+
+def _prune_and_retrain_time(run: dict) -> float | None:
+    # The paper's "time to prune and re-train" (Tables IV-VI).
+    prune, retrain = _get("times", "prune")(run), _get("times", "retrain")(run)
+    return None if prune is None or retrain is None else prune + retrain
+
+
 def _params_kept(run: dict) -> float | None:
     dense, pruned = _get("params", "dense")(run), _get("params", "pruned")(run)
     return pruned / dense if dense and pruned is not None else None
@@ -51,10 +71,16 @@ METRICS = (
      ".2f", 100.0, "%"),
     ("acc after 1 retrain epoch", _get("retrain_accuracy_after_one_epoch"),
      ".2f", 100.0, "%"),
+    ("gain after 1 retrain epoch", _gain_after_one_epoch, ".2f", 100.0, " pts"),
+    ("pre-prune F1", _get("pre_prune_f1"), ".2f", 100.0, "%"),
+    ("post-prune F1", _get("post_prune_f1"), ".2f", 100.0, "%"),
+    ("F1 after 1 retrain epoch", _get("retrain_f1_after_one_epoch"), ".2f", 100.0, "%"),
+    ("truncated search epochs", _truncated_epochs, ".1f", 1.0, ""),
     ("restore epochs", _get("restore_epochs"), ".1f", 1.0, ""),
     ("acc at retrain end", _last_retrain_accuracy, ".2f", 100.0, "%"),
     ("params kept", _params_kept, ".1f", 100.0, "%"),
     ("training PFLOPs", _get("flops", "training_flops_spent"), ".3f", 1e-15, ""),
+    ("prune + retrain time", _prune_and_retrain_time, ".0f", 1.0, "s"),
     ("wall time total", _get("times", "total"), ".0f", 1.0, "s"),
 )
 
