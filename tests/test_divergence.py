@@ -98,10 +98,12 @@ def test_tables_mark_diverged_runs_and_explain_the_mark():
 
 
 def test_huge_learning_rate_collapses_to_chance_and_is_flagged(tmp_path):
-    # lr 9 (validation allows up to 10): every value stays finite, the model
-    # predicts one class, and 0.98 x that accuracy is "restored" in one epoch.
+    # lr 9 (validation allows up to 10): every value stays finite and the model
+    # predicts one class. Which class differs between CPU families, and the
+    # 128 test digits hold 12 or 13 of each (9.4-10.2%), so the target is half
+    # the pre-prune accuracy: any one-class model "restores" it in one epoch.
     workdir = str(tmp_path)
-    config = tiny_config(**{"optim.learning_rate": 9.0, "retrain.target": 0.98,
+    config = tiny_config(**{"optim.learning_rate": 9.0, "retrain.target": 0.5,
                             "experiment.schedules": "none"})
     payload = experiment.run_experiment(config, workdir, print_fn=lambda s: None)
     labels = images_lib.load_digits32("test", limit=128).labels

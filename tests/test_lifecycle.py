@@ -88,12 +88,15 @@ def test_stops_inside_epochs_resume_to_identical_results(reference, tmp_path,
     # Search epoch 1 before its step 3; then retraining epoch 0 before its step 5
     # (the resumed run's checks restart at 1 and begin with epoch 1's step 3).
     # Each invocation also asks once before the run starts: the leading 1.
+    # The handler in place before (Python's default; SIG_IGN where the tests
+    # run as a background job) is the one put back.
+    before = signal.getsignal(signal.SIGINT)
     for checks in ({1 + steps + 4}, {1 + (steps - 3) + steps + 6}):
         _sigint_at_step(monkeypatch, checks)
         with interrupt.handle_signals(), pytest.raises(interrupt.Interrupted) as err:
             _quiet(one_arm(), workdir)
         assert err.value.signum == signal.SIGINT
-        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        assert signal.getsignal(signal.SIGINT) is before
     assert _steps(workdir)[-1] == 3 * steps + 5  # the second stop's own checkpoint
     meta = json.load(open(os.path.join(_ckpt_dir(workdir), str(3 * steps + 5), "meta",
                                        "metadata")))
