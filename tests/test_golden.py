@@ -92,12 +92,8 @@ def _check(name: str, numbers: list[dict]) -> None:
             json.dump(pinned, f, indent=1, sort_keys=True)
             f.write("\n")
     # Through JSON, as pinned: tuples become lists.
-    got = json.loads(json.dumps(numbers))
-    assert _close(got, pinned[name]), pprint.pformat(_differences(got, pinned[name]))
-
-
-def _close(got, want) -> bool:
-    return not _differences(got, want)
+    differences = _differences(json.loads(json.dumps(numbers)), pinned[name])
+    assert not differences, pprint.pformat(differences)
 
 
 def _differences(got, want, path="") -> list[str]:

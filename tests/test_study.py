@@ -239,18 +239,17 @@ def test_run_then_skip_what_the_json_holds(tmp_path, capsys):
 def test_committed_plans_build_valid_configs(name):
     from wormjax.pipeline import config_checks, variants  # noqa: PLC0415 - imports JAX
     study = plan_lib.load_study(name, str(REPO))
+    arms = {}  # experiment -> its arm names
     for e in study.experiments:
         config = plan_lib.experiment_config(e, e.seeds[0], str(REPO))
         config_checks.check_config(config)
-        assert variants.arm_names(config)
-    names = set()
-    for e in study.experiments:
-        names |= {f"{e.name}/{a}" for a in variants.arm_names(
-            plan_lib.experiment_config(e, e.seeds[0], str(REPO)))}
-    assert {a for pair in study.cross_pairs for a in pair} <= names
-    # Every pair the report draws names arms one experiment has: a typo would
-    # silently drop its table.
-    arm_sets = [{a.partition("/")[2] for a in names if a.startswith(f"{e.name}/")}
-                for e in study.experiments]
+        arms[e.name] = set(variants.arm_names(config))
+        assert arms[e.name]
+    # Every pair the report draws names arms that exist: a typo would silently
+    # drop its table.
+    for pair in study.cross_pairs:
+        for arm in pair:
+            experiment, variant = plan_lib.split_arm(arm)
+            assert variant in arms[experiment], arm
     for ref, cmp_ in study.pairs:
-        assert any({ref, cmp_} <= arms for arms in arm_sets), (ref, cmp_)
+        assert any({ref, cmp_} <= mine for mine in arms.values()), (ref, cmp_)

@@ -17,8 +17,8 @@ from typing import Any, Mapping, Sequence
 
 import ml_collections
 
-__all__ = ["StudyExperiment", "Study", "load_study", "load_config", "experiment_config",
-           "find_data"]
+__all__ = ["StudyExperiment", "Study", "split_arm", "load_study", "load_config",
+           "experiment_config", "find_data"]
 
 # Fields a study sets per unit; a plan must not set them in its overrides.
 _UNIT_FIELDS = ("seed", "experiment.num_seeds")
@@ -60,6 +60,12 @@ class StudyExperiment:
         object.__setattr__(self, "overrides", dict(self.overrides))
 
 
+def split_arm(arm: str) -> tuple[str, str]:
+    """``"experiment/variant"`` (a ``Study.cross_pairs`` arm) as its two names."""
+    experiment, _, variant = str(arm).partition("/")
+    return experiment, variant
+
+
 @dataclasses.dataclass(frozen=True)
 class Study:
     """A named list of experiments, reported together.
@@ -93,7 +99,7 @@ class Study:
         object.__setattr__(self, "pairs", tuple(tuple(p) for p in self.pairs))
         for pair in self.cross_pairs:
             for arm in pair:
-                experiment, _, variant = str(arm).partition("/")
+                experiment, variant = split_arm(arm)
                 if experiment not in names or not variant:
                     raise ValueError(
                         f"study {self.name!r}: cross_pairs arm {arm!r} must be "

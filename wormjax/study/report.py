@@ -77,7 +77,7 @@ def _cross_sections(study: plan_lib.Study, runs) -> list[str]:
     for ref, cmp_ in study.cross_pairs:
         picked = []
         for arm in (ref, cmp_):
-            experiment, _, variant = arm.partition("/")
+            experiment, variant = plan_lib.split_arm(arm)
             picked += [dict(r, variant=arm) for r in runs
                        if r["experiment"] == experiment and r["variant"] == variant]
         table = tables.paired_table(picked, ref, cmp_)
