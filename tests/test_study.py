@@ -194,6 +194,34 @@ def test_cross_pairs_compare_two_experiments_seed_by_seed():
             plan_lib.Study("s", "d", [qk, qkv], cross_pairs=[(bad, "rte_qk/eb")])
 
 
+def test_list_into_a_closed_pipe_exits_quietly(tmp_path):
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    root = str(tmp_path)
+    os.makedirs(os.path.join(root, "studies"))
+    with open(os.path.join(root, "studies", "many.py"), "w") as f:
+        # Far more than a pipe's 64 KiB buffer of lines, so the writer is
+        # still writing when the reader has gone, however the two are scheduled.
+        f.write(textwrap.dedent("""
+            from wormjax.study import Study, StudyExperiment
+            def get_study():
+                return Study(name="many", description="many", experiments=[
+                    StudyExperiment("a_rather_long_experiment_name", "configs/quickstart.py",
+                                    seeds=range(3000))])
+        """))
+    os.symlink(os.path.join(REPO, "configs"), os.path.join(root, "configs"))
+    # `list | head -1`: the reader goes away after the first line.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wormjax.study", "list", "many", "--root", root],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141, err
+    assert first == b"a_rather_long_experiment_name seed 0: to run\n"
+    assert "Traceback" not in err and "BrokenPipe" not in err
+
+
 def test_unknown_study_and_experiment_named(tmp_path, capsys):
     root = str(tmp_path)
     _write_fake_study(root)
@@ -224,8 +252,10 @@ def test_run_then_skip_what_the_json_holds(tmp_path, capsys):
     assert study_cli.main(["run", "tiny"] + args) == 0
     data = json.load(open(os.path.join(root, "docs", "results", "tiny.json")))
     assert sorted(r["variant"] for r in data["runs"]) == ["eb", "worm"]
-    assert all(r["trajectory"] and r["machine"]["cpu"] is not None or True
+    # Every row carries its per-epoch trajectory and the machine it ran on.
+    assert all(r["trajectory"] and r["trajectory"][0]["phase"] == "search"
                for r in data["runs"])
+    assert all(set(r["machine"]) == set(results_lib._MACHINE_FIELDS) for r in data["runs"])
     capsys.readouterr()
     assert study_cli.main(["run", "tiny"] + args) == 0
     assert "ran 0 unit(s)" in capsys.readouterr().out

@@ -120,5 +120,18 @@ def main(argv=None) -> int:
     return 0
 
 
+def _main_piped() -> int:
+    try:
+        code = main()
+        sys.stdout.flush()  # inside the try: a closed pipe fails here, not at exit
+        return code
+    except BrokenPipeError:
+        # `study list bert_glue | head` closes the pipe early. Point stdout at
+        # /dev/null so that Python's exit-time flush does not raise again, and
+        # exit as a pipe-killed program does (128 + SIGPIPE).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(_main_piped())
