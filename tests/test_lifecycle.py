@@ -302,3 +302,25 @@ def test_sigterm_becomes_a_stop_request_and_a_second_one_is_not_caught():
     assert not interrupt.stop_requested()
     assert interrupt.exit_code(signal.SIGTERM) == 143
     assert interrupt.exit_code(signal.SIGINT) == 130
+
+
+def test_a_workdir_from_before_a_meaning_changed_is_refused(tmp_path):
+    # A text run with data.train_limit written before the subset became
+    # class-balanced: the same flags now mean other training examples.
+    text = {"task": "text", "data": {"name": "rte", "train_limit": 800}}
+    assert ckpt_lib.config_semantics(text) == {"text_train_limit": "class-balanced"}
+    workdir = str(tmp_path / "old")
+    os.makedirs(workdir)
+    ckpt_lib.record_workdir_config(workdir, text)  # what an old run recorded
+    now = dict(text, semantics=ckpt_lib.config_semantics(text))
+    with pytest.raises(ValueError, match=r"semantics.text_train_limit: '<absent>' -> "
+                                         r"'class-balanced'"):
+        ckpt_lib.check_workdir_config(workdir, now)
+    # Runs the change did not touch carry no marker and resume as before.
+    for untouched in ({"task": "text", "data": {"name": "rte", "train_limit": 0}},
+                      {"task": "image", "data": {"name": "cifar10", "train_limit": 800}}):
+        assert ckpt_lib.config_semantics(untouched) == {}
+    new_dir = str(tmp_path / "new")
+    os.makedirs(new_dir)
+    ckpt_lib.record_workdir_config(new_dir, now)
+    assert ckpt_lib.check_workdir_config(new_dir, now)

@@ -28,8 +28,8 @@ from wormjax.pipeline.checkpoint_integrity import (DIGESTS_KEY, FILES_NAME,  # n
                                          tree_digests, verify)
 
 __all__ = ["RunCheckpointer", "CorruptCheckpointError", "check_workdir_config",
-           "record_workdir_config", "config_fingerprint", "tree_digests",
-           "set_aside_unreadable"]
+           "record_workdir_config", "config_fingerprint", "config_semantics",
+           "tree_digests", "set_aside_unreadable"]
 
 # Fields that change nothing about what a run computes (the device count
 # only changes float rounding), so a run may resume with other values.
@@ -41,6 +41,24 @@ _HARMLESS_FIELDS = ("log_every_steps", "progress_bar", "checkpoint.max_to_keep",
 # Fields added after workdirs were written, with the value that behaves as
 # before they existed: a workdir whose config lacks one resumes under it.
 _ADDED_FIELDS = {"search.prune_ratios": "", "search.primary_ratio": 0.0}
+
+
+def config_semantics(config_dict: dict) -> dict[str, str]:
+    """Markers for config fields whose meaning changed after workdirs used them.
+
+    The run stores them under ``semantics`` in its ``config.json``. A workdir
+    written before a change lacks the marker, so resuming it is refused by
+    ``check_workdir_config`` (the same config would otherwise train on other
+    data without a word); a run the change does not touch gets no marker and
+    resumes as before.
+    """
+    marks = {}
+    data = config_dict.get("data", {})
+    if config_dict.get("task", "image") == "text" and data.get("train_limit", 0):
+        # Text data.train_limit took the first N shuffled examples until it
+        # became class-balanced, as image subsets always were.
+        marks["text_train_limit"] = "class-balanced"
+    return marks
 
 
 

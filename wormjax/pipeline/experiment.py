@@ -113,6 +113,9 @@ def _run_locked(config, workdir: str, variants, print_fn) -> dict:
     distributed.check_divisible("optim.eval_batch_size", config.optim.eval_batch_size,
                                 parallel.num_devices)
     config_dict = json.loads(config.to_json_best_effort())
+    semantics = ckpt_lib.config_semantics(config_dict)
+    if semantics:
+        config_dict["semantics"] = semantics
     resumed = ckpt_lib.check_workdir_config(workdir, config_dict)
     logging.info("%s experiment in %s", "resuming" if resumed else "starting", workdir)
     seeds = [config.seed + offset for offset in range(config.experiment.num_seeds)]
