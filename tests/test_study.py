@@ -142,6 +142,21 @@ def test_tables_show_gain_f1_truncated_epochs_and_prune_retrain_time():
     assert "+10.00% [+10.00%, +10.00%] (n=3)" in paired  # post-prune F1
     # CNN results without F1 leave the F1 columns out.
     assert "F1" not in tables.arms_table([_fake_run("vgg", "eb", 0, 6, .9, .1, .8)])
+    # All on one machine: no time cell is marked.
+    assert "†" not in table and "†" not in paired
+    # A seed from another machine marks the time cells, and only those.
+    runs[-1] = dict(runs[-1], machine={"cpu": "other CPU"})
+    mixed = tables.arms_table(runs)
+    worm_row = next(line for line in mixed.splitlines() if line.startswith("| worm |"))
+    assert worm_row.count("†") == 2  # prune + retrain time, wall time total
+    assert "eb |" in mixed and next(line for line in mixed.splitlines()
+                                    if line.startswith("| eb |")).count("†") == 0
+    assert "ran on different machines" in mixed
+    mixed_pairs = tables.paired_table(runs, "eb", "worm")
+    assert next(line for line in mixed_pairs.splitlines()
+                if line.startswith("| wall time total |")).count("†") == 2
+    assert "†" not in next(line for line in mixed_pairs.splitlines()
+                           if line.startswith("| search epochs |"))
 
 
 def test_results_file_round_trips_and_refuses_another_study(tmp_path):

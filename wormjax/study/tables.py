@@ -85,6 +85,24 @@ METRICS = (
 )
 
 
+# Wall times only compare within one machine: a cell whose runs ran on
+# different CPUs (or GPUs) is marked, and the table says so under it.
+_MIXED = "†"
+_MIXED_NOTE = (f"{_MIXED} these runs ran on different machines (`machine` in the "
+               "results JSON): wall times compare only within one machine.")
+
+
+def _machine(run: dict) -> str:
+    m = run.get("machine") or {}
+    dev = m.get("devices") or {}
+    return f"{m.get('cpu')}|{dev.get('platform')}|{dev.get('device_kind')}"
+
+
+def _cell(runs: Sequence[dict], suffix: str, text: str) -> tuple[str, bool]:
+    mixed = suffix == "s" and len({_machine(r) for r in runs}) > 1
+    return (f"{text} {_MIXED}" if mixed else text), mixed
+
+
 def _by_arm(runs: Sequence[dict]) -> dict[str, list[dict]]:
     arms = collections.OrderedDict()
     for r in sorted(runs, key=lambda r: (r["variant"], r["seed"])):
@@ -108,16 +126,18 @@ def arms_table(runs: Sequence[dict]) -> str:
     """One row per arm: every metric as mean ± sd (n), converged k/n."""
     metrics = _used_metrics(runs)
     headers = ["arm", "seeds", "converged"] + [m[0] for m in metrics]
-    rows = []
+    rows, mixed = [], False
     for arm, arm_runs in _by_arm(runs).items():
         conv = sum(bool(r["summary"].get("converged")) for r in arm_runs)
         row = [arm, ",".join(str(r["seed"]) for r in arm_runs),
                f"{conv}/{len(arm_runs)}"]
         for _, read, fmt, scale, suffix in metrics:
-            row.append(stats.summarize([read(r) for r in arm_runs]).format(
-                fmt, scale, suffix))
+            text, m = _cell(arm_runs, suffix, stats.summarize(
+                [read(r) for r in arm_runs]).format(fmt, scale, suffix))
+            row.append(text)
+            mixed |= m
         rows.append(row)
-    return _render(headers, rows)
+    return _render(headers, rows) + (f"\n\n{_MIXED_NOTE}" if mixed else "")
 
 
 def paired_table(runs: Sequence[dict], reference: str, compared: str) -> str | None:
@@ -134,17 +154,21 @@ def paired_table(runs: Sequence[dict], reference: str, compared: str) -> str | N
         return None
     headers = ["metric", reference, compared, f"{compared} − {reference} [95% t CI]",
                "sign test (+/−/0, exact p)"]
-    rows = []
+    rows, mixed = [], False
     for name, read, fmt, scale, suffix in _used_metrics(runs):
         cmp_ = stats.paired({s: read(r) for s, r in a.items()},
                             {s: read(r) for s, r in b.items()})
         p = "-" if cmp_.sign_p is None else f"{cmp_.sign_p:.3f}"
-        rows.append([
-            name, stats.summarize([read(r) for r in a.values()]).format(fmt, scale, suffix),
-            stats.summarize([read(r) for r in b.values()]).format(fmt, scale, suffix),
-            cmp_.format(fmt, scale, suffix) + f" (n={cmp_.n})",
-            f"{cmp_.positives}/{cmp_.negatives}/{cmp_.ties}, p={p}"])
-    return _render(headers, rows)
+        ref_text, m1 = _cell(list(a.values()), suffix, stats.summarize(
+            [read(r) for r in a.values()]).format(fmt, scale, suffix))
+        cmp_text, m2 = _cell(list(b.values()), suffix, stats.summarize(
+            [read(r) for r in b.values()]).format(fmt, scale, suffix))
+        diff_text, m3 = _cell(list(a.values()) + list(b.values()), suffix,
+                              cmp_.format(fmt, scale, suffix) + f" (n={cmp_.n})")
+        mixed |= m1 or m2 or m3
+        rows.append([name, ref_text, cmp_text, diff_text,
+                     f"{cmp_.positives}/{cmp_.negatives}/{cmp_.ties}, p={p}"])
+    return _render(headers, rows) + (f"\n\n{_MIXED_NOTE}" if mixed else "")
 
 
 def _window_full_search(run: dict) -> tuple[list[float], list[float]]:
