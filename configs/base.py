@@ -31,7 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data.normalization = "half"  # half (paper: mean 0.5, std 0.5) | cifar
     c.data.augment = False  # pad-4 crop + flip (the paper used none)
     c.data.train_limit = 0  # 0: all; else a class-balanced subset of this size
-    c.data.eval_limit = 0  # 0: all of the evaluation split
+    c.data.eval_limit = 0  # 0: all of the evaluation split (eval_split=train: of the training subset)
     c.data.eval_split = "test"  # test | train (the authors measured on train)
     c.data.prefetch = 2  # batches transferred to the device ahead of the step
 

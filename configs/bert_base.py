@@ -62,7 +62,7 @@ def get_config(task: str, schedule: str, recipe: str = "ours"
     c.search.truncation_ratio = 3e-3  # r
     c.search.include_value = False  # value kernels in the ticket too (paper's Table IV)
     c.search.max_epochs = 10
-    # The authors' Q/K mask bug (docs/algorithm.md section 7): only the key
+    # The authors' Q/K mask bug (docs/algorithm.md section 8): only the key
     # kernels' differences count, over the full length. Off: the paper's rule.
     c.search.authors_qk_mask_bug = False
 
@@ -77,7 +77,7 @@ def get_config(task: str, schedule: str, recipe: str = "ours"
 
 
 def authors_recipe(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The WORM authors' BERT fine-tuning (docs/algorithm.md section 7), in place.
+    """The WORM authors' BERT fine-tuning (docs/algorithm.md section 8), in place.
 
     A new HF Trainer per epoch: AdamW lr 5e-5, no weight decay, no warm-up, a
     linear decay to 0 within each epoch, optimizer state reset every epoch;

@@ -34,7 +34,7 @@ _BERT = {
     "search.record_magnitudes": True,
     # The paper's rule. The authors' key-overwrites-query bug is a search-side
     # quirk the scan replays from the recorded magnitudes (docs/algorithm.md
-    # section 7), so both recipes here differ in the fine-tuning only.
+    # section 8), so both recipes here differ in the fine-tuning only.
     "search.authors_qk_mask_bug": False,
 }
 # SST-2's 67k phrases do not fit a 2-core session: a class-balanced 8,000.

@@ -67,6 +67,8 @@ def _fake_run(experiment, variant, seed, ticket, pre, post, one):
              "truncation_active": variant == "worm" and e >= 3, "ratio": 0.003,
              "train_loss": 2.0 / (e + 1), "eval_accuracy": 0.5, "eval_f1": None,
              "epoch_time": 1.0} for e in range(ticket + 1)]
+    # As the pipeline writes it: the update that draws the ticket trains nothing.
+    traj[-1].update(train_loss=None, eval_accuracy=None, epoch_time=0.0)
     traj += [{"phase": "retrain", "epoch": 0, "d_max": None, "d_avg": None,
               "truncation_active": False, "ratio": 1.0, "train_loss": 0.5,
               "eval_accuracy": one, "eval_f1": None, "epoch_time": 1.0}]
@@ -106,8 +108,9 @@ def test_report_regenerates_from_the_json_alone(tmp_path):
     # Search epochs: EB 6,7,8 vs WORM 5,6,7 -> every pair -1, sign test p = 0.25.
     assert "| search epochs | 7.0 ± 1.0 (n=3) | 6.0 ± 1.0 (n=3) |" in md
     assert "-1.0 [-1.0, -1.0] (n=3) | 0/3/0, p=0.250 |" in md
-    assert "20.00% ± 0.00% (n=3)" not in md  # post-prune is a difference, below
-    assert "+20.00% [+20.00%, +20.00%] (n=3)" in md
+    # Post-prune accuracy: EB 10%, WORM 30% in every seed, so +20 points each.
+    assert "| post-prune acc | 10.00% ± 0.00% (n=3) | 30.00% ± 0.00% (n=3) | " \
+           "+20.00% [+20.00%, +20.00%] (n=3) | 3/0/0, p=0.250 |" in md
     for name in ("fake_vgg_distance.png", "fake_vgg_loss.png"):
         assert os.path.getsize(os.path.join(root, "docs", "figures", name)) < 200_000
         assert f"../figures/{name}" in md
@@ -131,9 +134,9 @@ def test_tables_show_gain_f1_truncated_epochs_and_prune_retrain_time():
     # Gain = after one retrain epoch - pre-prune: 0.8 - 0.9 and 0.85 - 0.88.
     assert "-10.00 pts ± 0.00 pts (n=3)" in table
     assert "-3.00 pts ± 0.00 pts (n=3)" in table
-    # WORM's truncation is active from search epoch 3 to the ticket (5, 6, 7):
-    # 3, 4, 5 epochs; EB never truncates.
-    assert "4.0 ± 1.0 (n=3)" in table and "0.0 ± 0.0 (n=3)" in table
+    # WORM trains with truncation from search epoch 3 up to the ticket's
+    # update (5, 6, 7), which trains nothing: 2, 3, 4 epochs; EB never truncates.
+    assert "3.0 ± 1.0 (n=3)" in table and "0.0 ± 0.0 (n=3)" in table
     assert "70.00% ± 0.00% (n=3)" in table and "66.00% ± 0.00% (n=3)" in table
     assert "6s ± 1s (n=3)" in table  # prune 1 s + retrain 4, 5, 6 s
     paired = tables.paired_table(runs, "eb", "worm")
@@ -163,6 +166,17 @@ def test_results_file_round_trips_and_refuses_another_study(tmp_path):
     path = str(tmp_path / "a.json")
     entry = _fake_run("vgg", "eb", 0, 4, 0.9, float("nan"), 0.8)
     assert entry["summary"]["post_prune_accuracy"] is None  # JSON has no NaN
+    # Nor infinity, also inside tuples (a diverged loss read back from JSON).
+    inf = _fake_run("vgg", "worm", 0, 4, 0.9, float("inf"), 0.8)
+    inf["summary"]["times"] = {"total": float("-inf"), "pair": (1.0, float("inf"))}
+    inf = results_lib.run_entry(inf["summary"] | {"trajectory": inf["trajectory"]},
+                                experiment="vgg", protocol="fake", settings={},
+                                machine={})
+    assert inf["summary"]["post_prune_accuracy"] is None
+    assert inf["summary"]["times"] == {"total": None, "pair": [1.0, None]}
+    results_lib.save(str(tmp_path / "inf.json"),
+                     results_lib.merge(results_lib.load(str(tmp_path / "inf.json"), "i"),
+                                       [inf]))
     results_lib.save(path, results_lib.merge(results_lib.load(path, "a"), [entry]))
     data = results_lib.load(path, "a")
     assert results_lib.units_done(data) == {("vgg", 0): {"eb"}}

@@ -2,6 +2,8 @@
 
 import typing
 
+import numpy as np
+
 from configs import quickstart
 from wormjax.pipeline import image_task
 from wormjax.pipeline import task as task_lib
@@ -29,3 +31,14 @@ def test_the_text_task_class_has_every_member():
     assert not missing
     assert not (instance_attributes - {"kind", "persistent_reference_mask"}) & set(
         vars(text_task.TextTask))  # set per instance, in __init__
+
+
+def test_eval_limit_cuts_an_evaluation_on_the_training_split():
+    # The authors' protocol: evaluate on (a balanced part of) the training subset.
+    c = quickstart.get_config()
+    c.data.train_limit, c.data.eval_limit, c.data.eval_split = 200, 50, "train"
+    task = image_task.ImageTask(c)
+    assert len(task.train_split) == 200 and len(task.eval_split) == 50
+    assert np.bincount(task.eval_split.labels).tolist() == [5] * 10
+    train_rows = {img.tobytes() for img in task.train_split.images}
+    assert all(img.tobytes() in train_rows for img in task.eval_split.images)

@@ -152,7 +152,24 @@ def test_subsets_are_deterministic_and_seed_independent(files, task):
         np.testing.assert_array_equal(small.train_split.input_ids[j],
                                       task.train_split.input_ids[i])
     np.testing.assert_array_equal(text_lib.subset_indices(10, 0), np.arange(10))
-    assert len(set(text_lib.subset_indices(100, 30).tolist())) == 30
+    np.testing.assert_array_equal(text_lib.subset_indices(100, 30, 1),
+                                  text_lib.subset_indices(100, 30, 1))
+    assert not np.array_equal(text_lib.subset_indices(100, 30, 0),
+                              text_lib.subset_indices(100, 30, 1))
+
+
+def test_eval_limit_cuts_an_evaluation_on_the_training_split(files):
+    # The authors' protocol evaluates on the training split; eval_limit picks
+    # that many of the training subset's own examples.
+    t = text_task.TextTask(tiny_config(files, **{"data.eval_split": "train",
+                                                  "data.train_limit": 64,
+                                                  "data.eval_limit": 20}))
+    assert t.num_train_examples == 64 and t.num_eval_examples == 20
+    train_rows = {tuple(ids) for ids in t.train_split.input_ids}
+    assert all(tuple(ids) in train_rows for ids in t.eval_split.input_ids)
+    whole = text_task.TextTask(tiny_config(files, **{"data.eval_split": "train",
+                                                      "data.train_limit": 64}))
+    assert whole.eval_split is whole.train_split
 
 
 def test_training_subset_is_class_balanced_and_shuffled():

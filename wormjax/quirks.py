@@ -3,7 +3,7 @@
 The authors' code built the flat Q/K mask of each epoch by writing, per
 encoder layer, the query kernel's mask and then the key kernel's mask at the
 *same* offset, advancing the offset by one kernel's size per layer
-(docs/algorithm.md section 7). So the first half of their flat mask holds the
+(docs/algorithm.md section 8). So the first half of their flat mask holds the
 key masks, the second half is always 0, and every Hamming distance counts the
 key entries only while still dividing by the full length: distances reflect K
 alone and are halved, and the stop ``d <= s`` acts as ``d_K <= 2s``.

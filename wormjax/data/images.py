@@ -107,7 +107,8 @@ def balanced_subset(labels: np.ndarray, limit: int | None) -> np.ndarray:
     return np.sort(chosen)
 
 
-def _subset(ds: ImageDataset, limit: int | None) -> ImageDataset:
+def subset(ds: ImageDataset, limit: int | None) -> ImageDataset:
+    """``ds`` cut to the deterministic class-balanced ``balanced_subset`` of ``limit``."""
     idx = balanced_subset(ds.labels, limit)
     if idx.shape[0] == len(ds):
         return ds
@@ -261,7 +262,7 @@ def load_cifar10(
         images, labels = _load_cifar10_tfds(split, data_dir, download)
     ds = ImageDataset(np.ascontiguousarray(images), labels, NUM_CLASSES["cifar10"],
                       f"cifar10/{split}")
-    return _subset(ds, limit)
+    return subset(ds, limit)
 
 
 def load_digits32(split: str, *, limit: int | None = None) -> ImageDataset:
@@ -290,7 +291,7 @@ def load_digits32(split: str, *, limit: int | None = None) -> ImageDataset:
         is_test[members[:int(round(_DIGITS_TEST_FRACTION * members.size))]] = True
     keep = is_test if split == "test" else ~is_test
     ds = ImageDataset(images[keep], labels[keep], NUM_CLASSES["digits"], f"digits/{split}")
-    return _subset(ds, limit)
+    return subset(ds, limit)
 
 
 def load_image_dataset(

@@ -57,8 +57,10 @@ class ImageTask(task_lib.SplitMembers):
         self.train_split = images_lib.load_image_dataset(
             data.name, "train", data.source, data.dir or None,
             limit=limit(data.train_limit))
-        if data.eval_split == "train":
-            self.eval_split = self.train_split
+        if data.eval_split == "train":  # the authors' protocol
+            # data.eval_limit cuts the evaluated part of the training split (a
+            # balanced subset of the training subset), as it cuts the test split.
+            self.eval_split = images_lib.subset(self.train_split, limit(data.eval_limit))
         else:
             self.eval_split = images_lib.load_image_dataset(
                 data.name, "test", data.source, data.dir or None,

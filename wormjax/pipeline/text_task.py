@@ -83,11 +83,17 @@ class TextTask(task_lib.SplitMembers):
         train = glue_lib.load_glue(self.name, "train", data.source, data_dir)
         tokenizer = text_lib.load_tokenizer(self.checkpoint_dir)
         max_seq_len = int(data.max_seq_len)
-        self.train_split = text_lib.encode_subset(
-            tokenizer, train, text_lib.balanced_subset_indices(train.labels, data.train_limit, 0),
-            max_seq_len)
+        train_indices = text_lib.balanced_subset_indices(train.labels, data.train_limit, 0)
+        self.train_split = text_lib.encode_subset(tokenizer, train, train_indices,
+                                                  max_seq_len)
         if data.eval_split == "train":  # the authors' protocol
-            self.eval_split = self.train_split
+            # data.eval_limit cuts the evaluated part of the training subset,
+            # as it cuts the dev split.
+            self.eval_split = (self.train_split if not data.eval_limit else
+                               text_lib.encode_subset(tokenizer, train, train_indices[
+                                   text_lib.subset_indices(len(train_indices),
+                                                           data.eval_limit, 1)],
+                                   max_seq_len))
         else:
             dev = glue_lib.load_glue(self.name, "dev", data.source, data_dir)
             self.eval_split = text_lib.encode_subset(

@@ -79,7 +79,9 @@ def loss_figure(runs: Sequence[dict], path: str, title: str) -> str:
         for r in arm_runs:
             search = [t for t in r["trajectory"] if t["phase"] == "search"
                       and t.get("train_loss") is not None]
-            offset = len(search)
+            # Retraining continues after the last trained search epoch, even
+            # when an earlier epoch's loss is missing (a null in the JSON).
+            offset = 1 + max((t["epoch"] for t in search), default=-1)
             points = {t["epoch"]: t["train_loss"] for t in search}
             points.update({offset + t["epoch"]: t["train_loss"] for t in r["trajectory"]
                            if t["phase"] == "retrain" and t.get("train_loss") is not None})

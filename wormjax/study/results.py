@@ -10,6 +10,7 @@ study can be run in chunks on different machines and committed after each.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 import time
@@ -63,12 +64,13 @@ def save(path: str, data: dict) -> None:
 
 
 def _finite(value):
-    # JSON has no NaN; a diverged metric is recorded as null.
-    if isinstance(value, float) and value != value:
+    # JSON has no NaN or infinity; a diverged metric is recorded as null
+    # (an inf left in would make save() refuse a finished unit's rows).
+    if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
         return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return [_finite(v) for v in value]
     return value
 

@@ -45,10 +45,17 @@ def _gain_after_one_epoch(run: dict) -> float | None:
     return None if after is None or pre is None else after - pre
 
 
+def _trained(record: dict) -> bool:
+    # The record of the update that drew the ticket trains nothing (no loss);
+    # its truncation flag is the search state's, which stays on once fired.
+    return record.get("train_loss") is not None
+
+
 def _truncated_epochs(run: dict) -> float | None:
-    # Search epochs that ended with truncation active: 0 means WORM never fired.
+    # Search epochs trained with truncation active: 0 means WORM never fired.
     search = [r for r in run.get("trajectory", []) if r.get("phase") == "search"]
-    return float(sum(bool(r.get("truncation_active")) for r in search)) if search else None
+    return (float(sum(bool(r.get("truncation_active")) and _trained(r) for r in search))
+            if search else None)
 
 
 def _prune_and_retrain_time(run: dict) -> float | None:
