@@ -71,7 +71,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.search.placement = "gradient"  # gradient (before the optimizer) | update
     c.search.max_epochs = 20  # the search ends unconverged after this many
     # Write each update's representative magnitudes (<run>/search_magnitudes/)
-    # for wormjax.replay / `python -m wormjax.study scan`.
+    # for wormjax.replay / `python -m wormjax.study.scan`.
     c.search.record_magnitudes = False
 
     c.pruning = ml_collections.ConfigDict()

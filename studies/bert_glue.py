@@ -91,6 +91,7 @@ def _trigger_experiment() -> StudyExperiment:
 
 
 def get_study():
+    """The plan ``python -m wormjax.study`` runs and reports."""
     experiments = [_experiment(t, r, rep) for t in TASKS for rep in ("qk", "qkv")
                    for r in RECIPES]
     experiments.append(_trigger_experiment())

@@ -9,6 +9,7 @@ from wormjax.study import Study, StudyExperiment
 
 
 def get_study():
+    """The plan ``python -m wormjax.study`` runs and reports."""
     return Study(
         name="cnn_authors",
         description=(

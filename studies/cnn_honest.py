@@ -12,6 +12,7 @@ _VGG = {**_common.CNN, **_common.HONEST, "experiment.schedules": "none,worm"}
 
 
 def get_study():
+    """The plan ``python -m wormjax.study`` runs and reports."""
     return Study(
         name="cnn_honest",
         description=(
@@ -50,4 +51,10 @@ def get_study():
                             description="ResNet-18 w0.25, 20k class-balanced "
                                         "subset, mask pruning, BN recalibrated."),
         ],
+        # Recalibration off vs on, and mask vs structured, seed by seed: the
+        # searches are identical (recalibration acts after the ticket).
+        cross_pairs=tuple((f"vgg11_mask/{arm}", f"vgg11_mask_recal/{arm}")
+                          for arm in ("eb", "worm"))
+        + tuple((f"vgg11_mask_recal/{arm}", f"vgg11_structured_recal/{arm}")
+                for arm in ("eb", "worm")),
     )

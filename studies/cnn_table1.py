@@ -9,6 +9,7 @@ from wormjax.study import Study, StudyExperiment
 
 
 def get_study():
+    """The plan ``python -m wormjax.study`` runs and reports."""
     ratios = ("1", "0.5", "0.1", "0.05", "0.01", "0.003")
     return Study(
         name="cnn_table1",

@@ -33,6 +33,7 @@ _EB = {
 
 
 def get_study():
+    """The plan ``python -m wormjax.study`` runs and reports."""
     return Study(
         name="eb_recipe",
         description=(
@@ -53,4 +54,7 @@ def get_study():
                             description="Without it; everything else the same."),
         ],
         pairs=(),
+        # Same initialisation and data order per seed: the term's effect, by ratio.
+        cross_pairs=tuple((f"no_sparsity/eb_p{p}", f"sparsity/eb_p{p}")
+                          for p in ("0.3", "0.5", "0.7")),
     )

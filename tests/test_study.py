@@ -145,6 +145,11 @@ def test_tables_show_gain_f1_truncated_epochs_and_prune_retrain_time():
     assert "+10.00% [+10.00%, +10.00%] (n=3)" in paired  # post-prune F1
     # CNN results without F1 leave the F1 columns out.
     assert "F1" not in tables.arms_table([_fake_run("vgg", "eb", 0, 6, .9, .1, .8)])
+    # Every fake run restored after one epoch except one EB seed's.
+    runs[0]["summary"]["restore_epochs"] = None
+    table = tables.arms_table(runs)
+    assert table.splitlines()[2].startswith("| eb | 0,1,2 | 3/3 | 2/3 | ")
+    assert "| 1.0 ± 0.0 (n=2) |" in table.splitlines()[2]
     # All on one machine: no time cell is marked.
     assert "†" not in table and "†" not in paired
     # A seed from another machine marks the time cells, and only those.
@@ -193,10 +198,24 @@ def test_results_file_round_trips_and_refuses_another_study(tmp_path):
     (dict(name="a b", config="c.py"), "letters"),
     (dict(name="x", config="c.py", overrides={"seed": 3}), "per seed"),
     (dict(name="x", config="c.py", seeds=(1, 1)), "distinct"),
+    (dict(name="x", config="c.py", seeds=(0, 1.5)), "distinct integers"),
+    (dict(name="x", config="c.py", seeds="012"), "distinct integers"),
 ])
 def test_bad_plans_rejected(kwargs, message):
     with pytest.raises(ValueError, match=message):
         plan_lib.StudyExperiment(**kwargs)
+
+
+@pytest.mark.parametrize("pairs", [[("eb", "worm", "greedy")], ["eb"], [("eb", "")]])
+def test_bad_pairs_rejected(pairs):
+    e = plan_lib.StudyExperiment("x", "c.py")
+    with pytest.raises(ValueError, match="a pair must be two arm names"):
+        plan_lib.Study("s", "d", [e], pairs=pairs)
+
+
+def test_sign_test_refuses_non_finite_differences():
+    with pytest.raises(ValueError, match="finite"):
+        stats.sign_test([1.0, float("nan")])
 
 
 def test_cross_pairs_compare_two_experiments_seed_by_seed():
@@ -258,6 +277,9 @@ def test_unknown_study_and_experiment_named(tmp_path, capsys):
     assert "known studies: fake" in capsys.readouterr().err
     assert study_cli.main(["list", "fake", "--root", root, "--only", "vggg"]) == 2
     assert "no experiment 'vggg'" in capsys.readouterr().err
+    assert study_cli.main(["run", "fake", "--root", root, "--seeds", "7"]) == 2
+    assert "--seeds 7 matches no planned seed; the selected experiments have " \
+           "seeds [0, 1, 2]" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -158,6 +158,17 @@ def test_subsets_are_deterministic_and_seed_independent(files, task):
                               text_lib.subset_indices(100, 30, 1))
 
 
+def test_a_start_step_outside_the_epoch_is_refused(task):
+    steps = task.steps_per_epoch
+    for bad in (-1, steps + 1):
+        with pytest.raises(ValueError, match=rf"start_step must be in 0..{steps} "):
+            next(text_lib.text_batches(task.train_split, task.batch_size,
+                                       boundaries=task.boundaries, start_step=bad))
+    # The last step is a legal resume point: nothing is left of that epoch.
+    assert list(text_lib.text_batches(task.train_split, task.batch_size,
+                                      boundaries=task.boundaries, start_step=steps)) == []
+
+
 def test_eval_limit_cuts_an_evaluation_on_the_training_split(files):
     # The authors' protocol evaluates on the training split; eval_limit picks
     # that many of the training subset's own examples.
@@ -231,6 +242,25 @@ def test_truncation_touches_only_query_key_kernels(files, task, include_value):
     for path, leaf in selectors_lib.leaves_with_paths(updates):
         expected = 3e-3 if path in layout.paths else 1.0
         np.testing.assert_allclose(leaf, expected, rtol=1e-6, err_msg=path)
+
+
+def test_a_hub_checkpoint_too_short_for_max_seq_len_fails_before_loading(
+        files, monkeypatch):
+    # A Hub id resolves (downloads) only in the task; its length limit is
+    # checked right then, before GLUE is read or the weights are loaded.
+    def no_loading(*args, **kwargs):
+        raise AssertionError("data was read before max_seq_len was checked")
+
+    monkeypatch.setattr(text_task.hf_import, "resolve_checkpoint_dir",
+                        lambda name, **kw: files["checkpoint"])
+    monkeypatch.setattr(text_task.glue_lib, "load_glue", no_loading)
+    monkeypatch.setattr(text_task.hf_import, "load_hf_bert", no_loading)
+    config = tiny_config(files, **{"model.checkpoint": "someone/tiny-bert",
+                                   "data.max_seq_len": MAX_POS + 1})
+    with pytest.raises(ValueError, match=re.escape(
+            f"data.max_seq_len={MAX_POS + 1} exceeds the checkpoint's "
+            f"max_position_embeddings={MAX_POS}; allowed: 3..{MAX_POS}")):
+        text_task.TextTask(config)
 
 
 @pytest.mark.parametrize("key, value, message", [
@@ -415,7 +445,8 @@ def test_authors_recipe_resets_the_optimizer_each_epoch_and_counts_keys_only(
     config = tiny_config(files, **{"experiment.schedules": "none",
                                    "experiment.placements": "gradient",
                                    "optim.reset_each_epoch": True,
-                                   "search.authors_qk_mask_bug": True})
+                                   "search.authors_qk_mask_bug": True,
+                                   "search.record_magnitudes": True})
     experiment.run_experiment(config, str(tmp_path), print_fn=lambda s: None)
     run = json.load(open(os.path.join(str(tmp_path), "eb_seed0", "summary.json")))
     # A new optimizer at every epoch's start: every step counter is back at 0
@@ -425,7 +456,19 @@ def test_authors_recipe_resets_the_optimizer_each_epoch_and_counts_keys_only(
     layout = selectors_lib.attention_selector()(
         text_task.TextTask(config).init_variables(0)["params"])
     assert counted_seen and set(counted_seen) == {(layout.num_entries,)}
-    # Only key entries count, over the full length: no distance above 1/2
-    # once the window is full.
-    full = [r for r in run["trajectory"] if r["phase"] == "search"][config.search.window - 1:]
-    assert full and all(r["d_max"] <= 0.5 for r in full)
+    # The run's distances are the key-only ones: a replay of its recorded
+    # magnitudes with the authors' counting gives them, the paper's rule not.
+    from wormjax import search_replay
+    from wormjax.pipeline import magnitudes_log
+    mags, counted = magnitudes_log.load(os.path.join(str(tmp_path), "eb_seed0"))
+    srch = config.search
+    rule = search_lib.EarlyBirdConfig(prune_ratio=srch.prune_ratio, window=srch.window,
+                                      stop_distance=srch.stop_distance,
+                                      trigger_margin=srch.trigger_margin)
+    seen = [r["d_max"] for r in run["trajectory"] if r["phase"] == "search"]
+    authors = search_replay.replay(mags, rule, counted).d_max
+    paper = search_replay.replay(mags, rule).d_max
+    assert len(seen) >= srch.window  # at least one full window
+    full = slice(srch.window - 1, len(seen))
+    np.testing.assert_allclose(seen[full], authors[full], rtol=1e-6)
+    assert not np.allclose(seen[full], paper[full], rtol=1e-3)

@@ -16,7 +16,7 @@ the sequence, so the answer is the rule's, not a re-implementation's::
     trace.stop_update, trace.trigger_update   # -1 where it never happens
 
 The pipeline records the magnitudes with ``search.record_magnitudes=True``
-(``<run>/search_magnitudes/``); ``python -m wormjax.study scan RUN_DIR`` scans
+(``<run>/search_magnitudes/``); ``python -m wormjax.study.scan RUN_DIR`` scans
 a grid of settings over them.
 """
 
@@ -81,6 +81,9 @@ def replay(magnitudes, config: search_lib.EarlyBirdConfig,
     mags = jnp.asarray(magnitudes, jnp.float32)
     if mags.ndim != 2 or mags.shape[0] < 1:
         raise ValueError(f"magnitudes must be [updates, entries], got shape {mags.shape}")
+    if counted is not None and np.shape(counted) != (mags.shape[1],):
+        raise ValueError(f"counted must be one flag per entry, shape ({mags.shape[1]},), "
+                         f"got shape {np.shape(counted)}")
     config = dataclasses.replace(config, schedule="worm")
 
     def step(state, mag):

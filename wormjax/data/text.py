@@ -111,6 +111,7 @@ class EncodedText:
 
     @property
     def lengths(self) -> np.ndarray:
+        """int32 [N]: each example's token count, special tokens included."""
         return np.array([len(x) for x in self.input_ids], np.int32)
 
 
@@ -262,6 +263,10 @@ def text_batches(encoded: EncodedText, batch_size: int, *, seed: int = 0, epoch:
     drop = shuffle if drop_remainder is None else drop_remainder
     plan = text_batch_plan(encoded, batch_size, seed=seed, epoch=epoch, shuffle=shuffle,
                            boundaries=boundaries, drop_remainder=drop)
+    if isinstance(start_step, bool) or not 0 <= int(start_step) <= len(plan):
+        # A negative step would silently slice from the end of the epoch.
+        raise ValueError(f"start_step must be in 0..{len(plan)} (this epoch's batches), "
+                         f"got {start_step!r}")
     for bucket_len, rows in plan[start_step:]:
         ids = np.full((batch_size, bucket_len), encoded.pad_id, np.int32)
         types = np.zeros((batch_size, bucket_len), np.int32)

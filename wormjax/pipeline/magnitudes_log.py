@@ -3,7 +3,7 @@
 With ``search.record_magnitudes=True`` a run writes, at every Early-Bird
 update, the flat float32 magnitudes the update ranked
 (``<run>/search_magnitudes/update_0003.npy``), so that ``wormjax.replay``
-and ``python -m wormjax.study scan`` can replay the stop rule and the WORM
+and ``python -m wormjax.study.scan`` can replay the stop rule and the WORM
 trigger for any prune ratio, window, s and delta afterwards. float32, not a
 smaller type: a coarser copy would rank tied entries differently and so
 replay other masks than the run drew. For a query/key representative the

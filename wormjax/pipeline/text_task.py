@@ -79,6 +79,13 @@ class TextTask(task_lib.SplitMembers):
         self.name = glue_lib.glue_task_name(data.name)
         self.checkpoint_dir = hf_import.resolve_checkpoint_dir(
             os.path.expanduser(model_cfg.checkpoint))
+        # A Hub id is only resolved here; check its length limit before the
+        # data is tokenised and the weights are loaded.
+        limit = hf_import.max_position_embeddings(self.checkpoint_dir)
+        if limit is not None and data.max_seq_len > limit:
+            raise ValueError(
+                f"data.max_seq_len={data.max_seq_len} exceeds the checkpoint's "
+                f"max_position_embeddings={limit}; allowed: 3..{limit}")
         data_dir = os.path.expanduser(data.dir) if data.dir else None
         train = glue_lib.load_glue(self.name, "train", data.source, data_dir)
         tokenizer = text_lib.load_tokenizer(self.checkpoint_dir)
@@ -113,7 +120,6 @@ class TextTask(task_lib.SplitMembers):
                 f"optim.batch_size={self.batch_size} leaves no full batch in any length "
                 f"bucket {self.boundaries} of the {len(self.train_split)} training "
                 "examples; lower the batch size or raise data.train_limit")
-        # Batches per bucket length: the same in every epoch (see above).
         self.train_batches_per_length = dict(sorted(
             collections.Counter(length for length, _ in plan).items()))
         self.train_bucket_lengths = tuple(self.train_batches_per_length)
@@ -126,10 +132,10 @@ class TextTask(task_lib.SplitMembers):
             ignore_mismatched_classifier=True)
         self.model, self.bert_config = loaded.model, loaded.config
         self.import_info = loaded.info
-        if max_seq_len > self.bert_config.max_position_embeddings:  # a Hub checkpoint
-            raise ValueError(
-                f"data.max_seq_len={max_seq_len} exceeds the checkpoint's "
-                f"max_position_embeddings={self.bert_config.max_position_embeddings}")
+        limit = self.bert_config.max_position_embeddings  # a config.json without one
+        if max_seq_len > limit:
+            raise ValueError(f"data.max_seq_len={max_seq_len} exceeds the model's "
+                             f"max_position_embeddings={limit}; allowed: 3..{limit}")
         # Host copies: every run gets fresh device arrays, since the train step
         # donates (deletes) the buffers it is given.
         self._host_params = {int(config.seed): jax.device_get(loaded.variables["params"])}

@@ -59,6 +59,7 @@ def run_unit(study, experiment, seed: int, config, workroot: str) -> list[dict]:
 
 
 def main(argv=None) -> int:
+    """Runs the CLI on ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m wormjax.study",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=("list", "run", "report"))
@@ -87,6 +88,11 @@ def main(argv=None) -> int:
         data = results_lib.load(results_path, study.name)
         only = [s.strip() for s in args.only.split(",") if s.strip()]
         units = list(_units(study, only, seeds))
+        if seeds is not None and not units and args.command != "report":
+            planned = sorted({s for e in study.experiments
+                              if not only or e.name in only for s in e.seeds})
+            raise ValueError(f"--seeds {args.seeds} matches no planned seed; "
+                             f"the selected experiments have seeds {planned}")
         if args.command == "report":
             written = report_lib.write_report(study, data, args.root)
             print("\n".join(written))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import operator
 import os
 import sys
 from typing import Any, Mapping, Sequence
@@ -52,8 +53,12 @@ class StudyExperiment:
         if bad:
             raise ValueError(f"experiment {self.name!r} overrides {bad}; the study "
                              "runner sets them per seed (use seeds=)")
-        seeds = tuple(int(s) for s in self.seeds)
-        if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        try:  # operator.index: 1.5 or "3" are refused, not truncated or parsed
+            seeds = tuple(operator.index(s) for s in self.seeds)
+        except TypeError:
+            seeds = ()
+        if (isinstance(self.seeds, str) or not seeds or len(set(seeds)) != len(seeds)
+                or min(seeds) < 0):
             raise ValueError(f"experiment {self.name!r}: seeds must be distinct "
                              f"integers >= 0, got {self.seeds!r}")
         object.__setattr__(self, "seeds", seeds)
@@ -96,6 +101,11 @@ class Study:
         if len(set(names)) != len(names):
             raise ValueError(f"study {self.name!r} repeats experiment names: {names}")
         object.__setattr__(self, "experiments", tuple(self.experiments))
+        for pair in tuple(self.pairs) + tuple(self.cross_pairs):
+            if (isinstance(pair, str) or len(pair) != 2
+                    or not all(isinstance(a, str) and a for a in pair)):
+                raise ValueError(f"study {self.name!r}: a pair must be two arm names "
+                                 f"(reference, compared), got {pair!r}")
         object.__setattr__(self, "pairs", tuple(tuple(p) for p in self.pairs))
         for pair in self.cross_pairs:
             for arm in pair:

@@ -82,11 +82,27 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _floats(text: str) -> list[float]:
-    return [float(t) for t in text.split(",") if t.strip()]
+def _values(flag: str, text: str, kind) -> list:
+    """``--flag a,b,c`` as a non-empty list of ``kind``, or an error naming the flag."""
+    try:
+        values = [kind(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"--{flag}={text!r}: give comma-separated "
+                         f"{'integers' if kind is int else 'numbers'}") from None
+    if not values:
+        raise ValueError(f"--{flag} is empty; give at least one value")
+    return values
+
+
+def _check_grid(grid: dict) -> None:
+    # Every setting is validated (EarlyBirdConfig) before any file is read.
+    for p, window, s, delta in itertools.product(*grid.values()):
+        search_lib.EarlyBirdConfig(prune_ratio=p, window=window, stop_distance=s,
+                                   trigger_margin=delta)
 
 
 def main(argv=None) -> int:
+    """Runs the scan CLI on ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m wormjax.study.scan",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("run_dir", help="an EB run's folder (e.g. <workdir>/eb_seed0)")
@@ -99,10 +115,11 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default="", help="also write the rows here")
     args = parser.parse_args(argv)
     try:
-        grid = dict(prune_ratios=_floats(args.prune_ratio),
-                    windows=[int(w) for w in args.window.split(",") if w.strip()],
-                    stop_distances=_floats(args.stop_distance),
-                    trigger_margins=_floats(args.trigger_margin))
+        grid = dict(prune_ratios=_values("prune_ratio", args.prune_ratio, float),
+                    windows=_values("window", args.window, int),
+                    stop_distances=_values("stop_distance", args.stop_distance, float),
+                    trigger_margins=_values("trigger_margin", args.trigger_margin, float))
+        _check_grid(grid)
         mags, counted = magnitudes_log.load(args.run_dir)
         if args.authors_qk_mask_bug and counted is None:
             raise ValueError(f"{args.run_dir} recorded no query/key representative; "

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 from scipy import stats as scipy_stats
 
-__all__ = ["Summary", "PairedComparison", "summarize", "paired", "sign_test"]
+__all__ = ["Summary", "PairedComparison", "summarize", "paired", "sign_test", "elbow"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +50,14 @@ def sign_test(differences: Sequence[float]) -> tuple[int, int, int, float | None
 
     Returns:
       (positives, negatives, ties, p); p is None when every pair is a tie.
+
+    Raises:
+      ValueError: a difference is NaN or infinite (it would count as a tie).
     """
+    bad = [d for d in differences if not math.isfinite(d)]
+    if bad:
+        raise ValueError(f"sign_test needs finite differences, got {bad}; drop "
+                         "missing pairs first (``paired`` does)")
     pos = sum(1 for d in differences if d > 0)
     neg = sum(1 for d in differences if d < 0)
     ties = len(differences) - pos - neg
@@ -67,7 +74,7 @@ class PairedComparison:
 
     differences: tuple[float, ...]
     mean: float | None
-    ci_low: float | None  # None below 2 pairs or with zero spread undefined
+    ci_low: float | None  # None below 2 pairs
     ci_high: float | None
     positives: int
     negatives: int
@@ -129,7 +136,13 @@ def elbow(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float] | Non
     Fits one least-squares line to the points up to and including a candidate
     breakpoint and another from it on (the two share the breakpoint), over
     every interior point, and returns the ``(x, y)`` of the breakpoint with the
-    smallest total squared error. Needs at least four points.
+    smallest total squared error.
+
+    Args:
+      xs, ys: the curve's points (e.g. search epochs and their d_max).
+
+    Returns:
+      ``(x, y)`` of the breakpoint, or None below four points.
     """
     x, y = np.asarray(xs, float), np.asarray(ys, float)
     if x.size < 4:
