@@ -127,3 +127,38 @@ def test_scan_names_a_bad_flag_before_reading_anything(tmp_path, capsys, flags, 
     assert scan_lib.main([str(tmp_path)] + flags) == 2
     err = capsys.readouterr().err
     assert message in err and "record_magnitudes" not in err
+
+
+def test_movement_on_literal_magnitudes():
+    from wormjax.study import movement as movement_lib  # noqa: PLC0415
+    # p = 0.5 of 4 entries at update 0, the EB rule: thr = sort(m)[2] = 9 and
+    # keep m > 9, so entry 0 is kept and entries 1-3 are pruned.
+    mags = np.array([[10, 9, 1, 2], [11, 7, 1.5, 2]], np.float32)
+    row = movement_lib.movement(mags, 0, 1, 0.5)
+    # Kept |change| 1; pruned 2, 0.5 and 0 -> 2.5 / 3.
+    assert row == pytest.approx({"pruned": 2.5 / 3, "kept": 1.0, "ratio": 2.5 / 3})
+    with pytest.raises(ValueError, match=r"need 0 <= start < stop < 2"):
+        movement_lib.movement(mags, 1, 1, 0.5)
+
+
+def test_movement_cli_compares_eb_and_worm(recorded, capsys, tmp_path):
+    from wormjax.study import movement as movement_lib  # noqa: PLC0415
+    workdir, _, _ = recorded
+    worm = _search_records(workdir, "worm_seed0")
+    fired = next(r["epoch"] for r in worm if r["truncation_active"])
+    runs = [os.path.join(workdir, n) for n in ("eb_seed0", "worm_seed0")]
+    rows_path = str(tmp_path / "rows.json")
+    assert movement_lib.main(runs + ["--start", str(fired), "--stop",
+                                     str(fired + 1), "--json", rows_path]) == 0
+    out = capsys.readouterr().out
+    rows = json.load(open(rows_path, encoding="utf-8"))
+    assert [r["run"] for r in rows] == ["eb_seed0", "worm_seed0"]
+    assert rows[1]["ratio"] < rows[0]["ratio"]
+    eb_row, worm_row = [line for line in out.splitlines()
+                        if line.startswith(("| eb_seed0", "| worm_seed0"))]
+    ratio = lambda line: float(line.split("|")[5])  # noqa: E731
+    # SGD here: truncation after the trigger slows the to-be-pruned entries.
+    assert ratio(worm_row) < ratio(eb_row)
+    assert eb_row.endswith("| 0.00000 |")  # the first run against itself
+    assert movement_lib.main(runs[:1] + ["--start", "0", "--stop", "99"]) == 2
+    assert "need 0 <= start < stop" in capsys.readouterr().err
