@@ -131,6 +131,8 @@ def test_tables_show_gain_f1_truncated_epochs_and_prune_retrain_time():
                                          "total": 20.0})
         runs += [eb, worm]
     table = tables.arms_table(runs)
+    # Prune drop = pre-prune - post-prune: 0.9 - 0.1 and 0.88 - 0.3.
+    assert "| 80.00 pts ± 0.00 pts (n=3) |" in table and "| 58.00 pts ± 0.00 pts (n=3) |" in table
     # Gain = after one retrain epoch - pre-prune: 0.8 - 0.9 and 0.85 - 0.88.
     assert "-10.00 pts ± 0.00 pts (n=3)" in table
     assert "-3.00 pts ± 0.00 pts (n=3)" in table
@@ -150,6 +152,13 @@ def test_tables_show_gain_f1_truncated_epochs_and_prune_retrain_time():
     table = tables.arms_table(runs)
     assert table.splitlines()[2].startswith("| eb | 0,1,2 | 3/3 | 2/3 | ")
     assert "| 1.0 ± 0.0 (n=2) |" in table.splitlines()[2]
+    assert "flagged" not in table  # no run was flagged diverged
+    runs[3]["summary"]["diverged"] = True  # worm, seed 1
+    flagged = tables.arms_table(runs)
+    assert "| restored | flagged |" in flagged
+    assert flagged.splitlines()[3].startswith("| worm | 0,1,2 | 3/3 | 3/3 | seed 1 | ")
+    assert flagged.splitlines()[2].startswith("| eb | 0,1,2 | 3/3 | 2/3 | - | ")
+    runs[3]["summary"]["diverged"] = False
     # All on one machine: no time cell is marked.
     assert "†" not in table and "†" not in paired
     # A seed from another machine marks the time cells, and only those.

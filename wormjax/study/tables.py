@@ -45,6 +45,13 @@ def _gain_after_one_epoch(run: dict) -> float | None:
     return None if after is None or pre is None else after - pre
 
 
+def _prune_drop(run: dict) -> float | None:
+    # The paper's "accuracy drop" from pruning (claim: smaller with WORM):
+    # pre-prune minus post-prune accuracy, per run.
+    pre, post = _get("pre_prune_accuracy")(run), _get("post_prune_accuracy")(run)
+    return None if pre is None or post is None else pre - post
+
+
 def _trained(record: dict) -> bool:
     # The record of the update that drew the ticket trains nothing (no loss);
     # its truncation flag is the search state's, which stays on once fired.
@@ -76,6 +83,7 @@ METRICS = (
     ("search epochs", _search_epochs, ".1f", 1.0, ""),
     ("pre-prune acc", _get("pre_prune_accuracy"), ".2f", 100.0, "%"),
     ("post-prune acc", _get("post_prune_accuracy"), ".2f", 100.0, "%"),
+    ("prune drop", _prune_drop, ".2f", 100.0, " pts"),
     ("post-prune acc, stale BN stats", _get("post_prune_accuracy_before_recalibration"),
      ".2f", 100.0, "%"),
     ("acc after 1 retrain epoch", _get("retrain_accuracy_after_one_epoch"),
@@ -136,13 +144,21 @@ def arms_table(runs: Sequence[dict]) -> str:
     metrics = _used_metrics(runs)
     # "restored": runs that reached the restore target. The others have no
     # restore epochs, so that column's mean (and n) covers the restored only.
-    headers = ["arm", "seeds", "converged", "restored"] + [m[0] for m in metrics]
+    # "flagged": runs the pipeline marked diverged (non-finite, or accuracy at
+    # chance); shown only when there are any, since their numbers do not
+    # measure the method (summary diverged_reason says why).
+    flagged = any(r["summary"].get("diverged") for r in runs)
+    headers = (["arm", "seeds", "converged", "restored"] + ["flagged"] * flagged
+               + [m[0] for m in metrics])
     rows, mixed = [], False
     for arm, arm_runs in _by_arm(runs).items():
         conv = sum(bool(r["summary"].get("converged")) for r in arm_runs)
         restored = sum(r["summary"].get("restore_epochs") is not None for r in arm_runs)
         row = [arm, ",".join(str(r["seed"]) for r in arm_runs),
                f"{conv}/{len(arm_runs)}", f"{restored}/{len(arm_runs)}"]
+        if flagged:
+            row.append(",".join(f"seed {r['seed']}" for r in arm_runs
+                                if r["summary"].get("diverged")) or "-")
         for _, read, fmt, scale, suffix in metrics:
             text, m = _cell(arm_runs, suffix, stats.summarize(
                 [read(r) for r in arm_runs]).format(fmt, scale, suffix))
