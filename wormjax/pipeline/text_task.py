@@ -34,6 +34,13 @@ _DIR_HINT = ("pass --config.data.dir=/path/to/glue (the folder holding SST-2/, M
 _FLOP_BATCH = 8  # the batch FLOPs are counted at, then divided by
 
 
+def _check_max_seq_len(max_seq_len: int, limit: int | None, whose: str) -> None:
+    """Refuses a max_seq_len longer than the position embeddings ``whose`` has."""
+    if limit is not None and max_seq_len > limit:
+        raise ValueError(f"data.max_seq_len={max_seq_len} exceeds the {whose} "
+                         f"max_position_embeddings={limit}; allowed: 3..{limit}")
+
+
 class TextTask(task_lib.SplitMembers):
     """BERT sequence classifier + a GLUE task, built from ``config.model`` and ``config.data``."""
 
@@ -59,11 +66,8 @@ class TextTask(task_lib.SplitMembers):
             if not os.path.isfile(os.path.join(folder, "config.json")):
                 raise ValueError(f"model.checkpoint={checkpoint!r} has no config.json; "
                                  "it is not a Hugging Face checkpoint folder")
-            limit = hf_import.max_position_embeddings(folder)
-            if limit is not None and max_seq_len > limit:
-                raise ValueError(
-                    f"data.max_seq_len={max_seq_len} exceeds the checkpoint's "
-                    f"max_position_embeddings={limit}; allowed: 3..{limit}")
+            _check_max_seq_len(max_seq_len, hf_import.max_position_embeddings(folder),
+                               "checkpoint's")
 
         if data.source == "local":
             if not data.dir:
@@ -81,11 +85,9 @@ class TextTask(task_lib.SplitMembers):
             os.path.expanduser(model_cfg.checkpoint))
         # A Hub id is only resolved here; check its length limit before the
         # data is tokenised and the weights are loaded.
-        limit = hf_import.max_position_embeddings(self.checkpoint_dir)
-        if limit is not None and data.max_seq_len > limit:
-            raise ValueError(
-                f"data.max_seq_len={data.max_seq_len} exceeds the checkpoint's "
-                f"max_position_embeddings={limit}; allowed: 3..{limit}")
+        _check_max_seq_len(data.max_seq_len,
+                           hf_import.max_position_embeddings(self.checkpoint_dir),
+                           "checkpoint's")
         data_dir = os.path.expanduser(data.dir) if data.dir else None
         train = glue_lib.load_glue(self.name, "train", data.source, data_dir)
         tokenizer = text_lib.load_tokenizer(self.checkpoint_dir)
@@ -96,11 +98,11 @@ class TextTask(task_lib.SplitMembers):
         if data.eval_split == "train":  # the authors' protocol
             # data.eval_limit cuts the evaluated part of the training subset,
             # as it cuts the dev split.
-            self.eval_split = (self.train_split if not data.eval_limit else
-                               text_lib.encode_subset(tokenizer, train, train_indices[
-                                   text_lib.subset_indices(len(train_indices),
-                                                           data.eval_limit, 1)],
-                                   max_seq_len))
+            picked = text_lib.subset_indices(len(train_indices), data.eval_limit, 1)
+            # A limit covering the whole subset evaluates it as it is, untokenised again.
+            self.eval_split = (self.train_split if len(picked) == len(train_indices) else
+                               text_lib.encode_subset(tokenizer, train, train_indices[picked],
+                                                      max_seq_len))
         else:
             dev = glue_lib.load_glue(self.name, "dev", data.source, data_dir)
             self.eval_split = text_lib.encode_subset(
@@ -132,10 +134,8 @@ class TextTask(task_lib.SplitMembers):
             ignore_mismatched_classifier=True)
         self.model, self.bert_config = loaded.model, loaded.config
         self.import_info = loaded.info
-        limit = self.bert_config.max_position_embeddings  # a config.json without one
-        if max_seq_len > limit:
-            raise ValueError(f"data.max_seq_len={max_seq_len} exceeds the model's "
-                             f"max_position_embeddings={limit}; allowed: 3..{limit}")
+        # A config.json without the field: the loader's default applies.
+        _check_max_seq_len(max_seq_len, self.bert_config.max_position_embeddings, "model's")
         # Host copies: every run gets fresh device arrays, since the train step
         # donates (deletes) the buffers it is given.
         self._host_params = {int(config.seed): jax.device_get(loaded.variables["params"])}

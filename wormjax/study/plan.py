@@ -53,12 +53,11 @@ class StudyExperiment:
         if bad:
             raise ValueError(f"experiment {self.name!r} overrides {bad}; the study "
                              "runner sets them per seed (use seeds=)")
-        try:  # operator.index: 1.5 or "3" are refused, not truncated or parsed
+        try:  # operator.index: 1.5 or "3" (also each char of "012") are refused
             seeds = tuple(operator.index(s) for s in self.seeds)
         except TypeError:
             seeds = ()
-        if (isinstance(self.seeds, str) or not seeds or len(set(seeds)) != len(seeds)
-                or min(seeds) < 0):
+        if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
             raise ValueError(f"experiment {self.name!r}: seeds must be distinct "
                              f"integers >= 0, got {self.seeds!r}")
         object.__setattr__(self, "seeds", seeds)

@@ -6,6 +6,7 @@ import os
 
 from wormjax.study import figures
 from wormjax.study import plan as plan_lib
+from wormjax.study import results as results_lib
 from wormjax.study import tables
 
 __all__ = ["render", "write_report"]
@@ -14,12 +15,7 @@ __all__ = ["render", "write_report"]
 def _machines(runs) -> list[str]:
     seen = []
     for r in runs:
-        m = r.get("machine") or {}
-        dev = m.get("devices") or {}
-        text = m.get("cpu") or "unknown CPU"
-        if dev.get("platform"):
-            text += f"; {dev['count']} x {dev['platform']} {dev.get('device_kind', '')}"
-        text = text.strip()
+        text = results_lib.machine_label(r)
         if text not in seen:
             seen.append(text)
     return seen

@@ -75,6 +75,16 @@ def _finite(value):
     return value
 
 
+def machine_label(run: dict) -> str:
+    """The machine a results row ran on, in words: CPU, then devices (if any)."""
+    m = run.get("machine") or {}
+    dev = m.get("devices") or {}
+    text = m.get("cpu") or "unknown CPU"
+    if dev.get("platform"):
+        text += f"; {dev['count']} x {dev['platform']} {dev.get('device_kind', '')}"
+    return text.strip()
+
+
 def _key(run: dict) -> tuple:
     return (run["experiment"], run["variant"], run["seed"])
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 from typing import Callable, Sequence
 
+from wormjax.study import results as results_lib
 from wormjax.study import stats
 
 __all__ = ["METRICS", "arms_table", "paired_table", "elbow_table"]
@@ -109,14 +110,8 @@ _MIXED_NOTE = (f"{_MIXED} these runs ran on different machines (`machine` in the
                "results JSON): wall times compare only within one machine.")
 
 
-def _machine(run: dict) -> str:
-    m = run.get("machine") or {}
-    dev = m.get("devices") or {}
-    return f"{m.get('cpu')}|{dev.get('platform')}|{dev.get('device_kind')}"
-
-
 def _cell(runs: Sequence[dict], suffix: str, text: str) -> tuple[str, bool]:
-    mixed = suffix == "s" and len({_machine(r) for r in runs}) > 1
+    mixed = suffix == "s" and len({results_lib.machine_label(r) for r in runs}) > 1
     return (f"{text} {_MIXED}" if mixed else text), mixed
 
 
@@ -187,13 +182,14 @@ def paired_table(runs: Sequence[dict], reference: str, compared: str) -> str | N
         cmp_ = stats.paired({s: read(r) for s, r in a.items()},
                             {s: read(r) for s, r in b.items()})
         p = "-" if cmp_.sign_p is None else f"{cmp_.sign_p:.3f}"
-        ref_text, m1 = _cell(list(a.values()), suffix, stats.summarize(
+        ref_text, _ = _cell(list(a.values()), suffix, stats.summarize(
             [read(r) for r in a.values()]).format(fmt, scale, suffix))
-        cmp_text, m2 = _cell(list(b.values()), suffix, stats.summarize(
+        cmp_text, _ = _cell(list(b.values()), suffix, stats.summarize(
             [read(r) for r in b.values()]).format(fmt, scale, suffix))
+        # The difference mixes machines whenever either arm's cell does.
         diff_text, m3 = _cell(list(a.values()) + list(b.values()), suffix,
                               cmp_.format(fmt, scale, suffix) + f" (n={cmp_.n})")
-        mixed |= m1 or m2 or m3
+        mixed |= m3
         rows.append([name, ref_text, cmp_text, diff_text,
                      f"{cmp_.positives}/{cmp_.negatives}/{cmp_.ties}, p={p}"])
     return _render(headers, rows) + (f"\n\n{_MIXED_NOTE}" if mixed else "")
