@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # pylint: disable=wrong-import-position
 import numpy as np  # pylint: disable=wrong-import-position
 
 from wormjax.pipeline import plots  # pylint: disable=wrong-import-position
+from wormjax.study import results as results_lib  # pylint: disable=wrong-import-position
 
 __all__ = ["distance_figure", "loss_figure"]
 
@@ -77,8 +78,7 @@ def loss_figure(runs: Sequence[dict], path: str, title: str) -> str:
         color = _COLORS[i % len(_COLORS)]
         series, triggers = [], []
         for r in arm_runs:
-            search = [t for t in r["trajectory"] if t["phase"] == "search"
-                      and t.get("train_loss") is not None]
+            search = results_lib.trained_search(r)
             # Retraining continues after the last trained search epoch, even
             # when an earlier epoch's loss is missing (a null in the JSON).
             offset = 1 + max((t["epoch"] for t in search), default=-1)

@@ -18,7 +18,8 @@ from typing import Iterable
 
 from wormjax import _json as _json_lib
 
-__all__ = ["load", "save", "run_entry", "merge", "units_done", "TRAJECTORY_FIELDS"]
+__all__ = ["load", "save", "run_entry", "merge", "units_done", "trained_search",
+           "TRAJECTORY_FIELDS"]
 
 FORMAT_VERSION = 1
 # Per-epoch fields worth keeping; the rest of a metrics record is derivable.
@@ -117,3 +118,15 @@ def units_done(data: dict) -> dict[tuple[str, int], set[str]]:
     for r in data["runs"]:
         done.setdefault((r["experiment"], r["seed"]), set()).add(r["variant"])
     return done
+
+
+def trained_search(run: dict) -> list[dict]:
+    """The run's search records of epochs that trained, in order.
+
+    The record of the update that drew the ticket trains nothing (no loss);
+    its truncation flag is the search state's, which stays on once fired, so
+    counting it would add an epoch that WORM never truncated.
+    """
+    return [r for r in run.get("trajectory", [])
+            if r.get("phase") == "search" and r.get("train_loss") is not None]
+

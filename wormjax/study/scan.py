@@ -26,16 +26,28 @@ from wormjax import search_replay as replay_lib
 from wormjax import search as search_lib
 from wormjax.pipeline import magnitudes_log
 
-__all__ = ["scan", "markdown", "main"]
+__all__ = ["grid", "scan", "markdown", "main"]
 
 
-def scan(magnitudes, *, prune_ratios, windows, stop_distances, trigger_margins,
-         counted=None) -> list[dict]:
-    """One row per setting of the grid: first full window, trigger and stop updates.
+def grid(*, prune_ratios, windows, stop_distances, trigger_margins
+         ) -> list[search_lib.EarlyBirdConfig]:
+    """Every setting of the grid as a validated ``EarlyBirdConfig``.
+
+    Raises:
+      ValueError: a setting ``EarlyBirdConfig`` refuses (named in its message).
+    """
+    return [search_lib.EarlyBirdConfig(prune_ratio=p, window=window, stop_distance=s,
+                                       trigger_margin=delta)
+            for p, window, s, delta in itertools.product(prune_ratios, windows,
+                                                         stop_distances, trigger_margins)]
+
+
+def scan(magnitudes, configs, counted=None) -> list[dict]:
+    """One row per setting: first full window, trigger and stop updates.
 
     Args:
       magnitudes: float [T, N] recorded magnitudes, one row per update.
-      prune_ratios, windows, stop_distances, trigger_margins: the grid.
+      configs: the settings (``grid``).
       counted: the authors' counted entries, or None for the paper's rule.
 
     Returns:
@@ -44,15 +56,14 @@ def scan(magnitudes, *, prune_ratios, windows, stop_distances, trigger_margins,
       ``stop_update`` (-1: never within the recording) and ``worm_triggers``.
     """
     rows = []
-    for p, window, s, delta in itertools.product(prune_ratios, windows,
-                                                 stop_distances, trigger_margins):
-        config = search_lib.EarlyBirdConfig(prune_ratio=p, window=window,
-                                            stop_distance=s, trigger_margin=delta)
+    for config in configs:
         trace = replay_lib.replay(magnitudes, config, counted)
+        window = config.window
         first_full = window - 1 if len(trace.d_max) >= window else -1
         rows.append({
-            "prune_ratio": p, "window": window, "stop_distance": s,
-            "trigger_margin": delta, "updates": len(trace.d_max),
+            "prune_ratio": config.prune_ratio, "window": window,
+            "stop_distance": config.stop_distance,
+            "trigger_margin": config.trigger_margin, "updates": len(trace.d_max),
             "first_full": first_full,
             "d_max_first_full": (float(trace.d_max[first_full]) if first_full >= 0
                                  else None),
@@ -94,13 +105,6 @@ def _values(flag: str, text: str, kind) -> list:
     return values
 
 
-def _check_grid(grid: dict) -> None:
-    # Every setting is validated (EarlyBirdConfig) before any file is read.
-    for p, window, s, delta in itertools.product(*grid.values()):
-        search_lib.EarlyBirdConfig(prune_ratio=p, window=window, stop_distance=s,
-                                   trigger_margin=delta)
-
-
 def main(argv=None) -> int:
     """Runs the scan CLI on ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m wormjax.study.scan",
@@ -115,16 +119,17 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default="", help="also write the rows here")
     args = parser.parse_args(argv)
     try:
-        grid = dict(prune_ratios=_values("prune_ratio", args.prune_ratio, float),
-                    windows=_values("window", args.window, int),
-                    stop_distances=_values("stop_distance", args.stop_distance, float),
-                    trigger_margins=_values("trigger_margin", args.trigger_margin, float))
-        _check_grid(grid)
+        # Every setting is validated before any file is read.
+        configs = grid(prune_ratios=_values("prune_ratio", args.prune_ratio, float),
+                       windows=_values("window", args.window, int),
+                       stop_distances=_values("stop_distance", args.stop_distance, float),
+                       trigger_margins=_values("trigger_margin", args.trigger_margin,
+                                               float))
         mags, counted = magnitudes_log.load(args.run_dir)
         if args.authors_qk_mask_bug and counted is None:
             raise ValueError(f"{args.run_dir} recorded no query/key representative; "
                              "--authors_qk_mask_bug needs one")
-        rows = scan(mags, counted=counted if args.authors_qk_mask_bug else None, **grid)
+        rows = scan(mags, configs, counted if args.authors_qk_mask_bug else None)
     except (ValueError, FileNotFoundError) as err:
         print(f"wormjax.study.scan: {err}", file=sys.stderr)
         return 2

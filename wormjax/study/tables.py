@@ -53,17 +53,12 @@ def _prune_drop(run: dict) -> float | None:
     return None if pre is None or post is None else pre - post
 
 
-def _trained(record: dict) -> bool:
-    # The record of the update that drew the ticket trains nothing (no loss);
-    # its truncation flag is the search state's, which stays on once fired.
-    return record.get("train_loss") is not None
-
-
 def _truncated_epochs(run: dict) -> float | None:
     # Search epochs trained with truncation active: 0 means WORM never fired.
-    search = [r for r in run.get("trajectory", []) if r.get("phase") == "search"]
-    return (float(sum(bool(r.get("truncation_active")) and _trained(r) for r in search))
-            if search else None)
+    if not any(r.get("phase") == "search" for r in run.get("trajectory", [])):
+        return None
+    return float(sum(bool(r.get("truncation_active"))
+                     for r in results_lib.trained_search(run)))
 
 
 def _prune_and_retrain_time(run: dict) -> float | None:
