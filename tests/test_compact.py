@@ -418,6 +418,12 @@ def test_an_nnx_module_compacts_to_a_narrower_nnx_module():
     assert again.fc.kernel[...].shape == small.fc.kernel[...].shape
     assert small.conv2.kernel[...].shape == (3, 3, 3, 1)
     assert small.fc.kernel[...].shape == (1, 3)
+    # Flax's size attributes describe the cut arrays; the dense module keeps its own.
+    assert (small.conv1.out_features, small.bn1.num_features, small.conv2.in_features,
+            small.conv2.out_features, small.bn2.num_features, small.fc.in_features,
+            small.fc.out_features) == (3, 3, 3, 1, 1, 1, 3)
+    assert (module.conv1.out_features, module.bn1.num_features, module.fc.in_features) == (
+        6, 6, 5)
     dense = nnx.clone(module)
     for name in ("bn1", "bn2"):  # silence the removed channels
         bn, keep = getattr(dense, name), plan.leaf_keep[f"{name}/scale"][0]

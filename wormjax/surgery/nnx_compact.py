@@ -7,8 +7,11 @@ every state leaf exactly as for linen, and ``nnx.merge`` joins the unchanged gra
 definition with the sliced state. NNX layers compute from their arrays' shapes
 (``Linear``, ``Conv`` and ``BatchNorm`` read ``kernel``, ``scale``, ``mean``, ...),
 so the merged module is a real module of the same class that runs, trains
-(``nnx.Optimizer``) and splits like any other; static attributes such as
-``in_features`` keep their dense values.
+(``nnx.Optimizer``) and splits like any other. The size attributes of Flax's
+own layers (``in_features``, ``out_features``, ``num_features``, ``features``)
+are set to the cut arrays' sizes, so that printing the module or building a
+layer from them tells the truth; a custom layer's own size attributes are the
+user's to update.
 """
 
 from __future__ import annotations
@@ -26,6 +29,38 @@ from wormjax.surgery.rebuild import _take
 from wormjax.variables import path_str
 
 __all__ = ["compact_nnx"]
+
+
+def _size(layer, name: str, axis: int) -> int | None:
+    # The array's size on ``axis``, or None where the layer holds no such array
+    # (a LayerNorm without scale and bias computes from its input alone).
+    array = getattr(layer, name, None)
+    return None if array is None else int(array[...].shape[axis])
+
+
+def _sync_sizes(module: nnx.Module) -> None:
+    """Sets the size attributes of Flax's layers in ``module`` from their arrays."""
+    for _, layer in nnx.iter_modules(module):
+        if isinstance(layer, nnx.Linear):
+            sizes = {"in_features": _size(layer, "kernel", 0),
+                     "out_features": _size(layer, "kernel", -1)}
+        elif isinstance(layer, nnx.Conv):
+            # A grouped kernel holds in_features / groups input channels.
+            kernel_in = _size(layer, "kernel", -2)
+            sizes = {"in_features": kernel_in * layer.feature_group_count,
+                     "out_features": _size(layer, "kernel", -1)}
+        elif isinstance(layer, (nnx.BatchNorm, nnx.LayerNorm, nnx.RMSNorm, nnx.GroupNorm)):
+            sizes = {"num_features": next(
+                (s for s in (_size(layer, n, -1) for n in ("scale", "bias", "mean"))
+                 if s is not None), None)}
+        elif isinstance(layer, nnx.Embed):
+            sizes = {"num_embeddings": _size(layer, "embedding", 0),
+                     "features": _size(layer, "embedding", -1)}
+        else:
+            continue
+        for name, size in sizes.items():
+            if size is not None and hasattr(layer, name):
+                setattr(layer, name, size)
 
 
 def compact_nnx(module: nnx.Module, ticket: dict, *example_inputs,
@@ -72,4 +107,6 @@ def compact_nnx(module: nnx.Module, ticket: dict, *example_inputs,
 
     small_state = nnx.split(module)[1]
     nnx.replace_by_pure_dict(small_state, jax.tree_util.tree_map_with_path(cut, pure))
-    return nnx.merge(graphdef, small_state), plan
+    small = nnx.merge(graphdef, small_state)
+    _sync_sizes(small)
+    return small, plan
