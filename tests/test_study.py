@@ -159,6 +159,20 @@ def test_tables_show_gain_f1_truncated_epochs_and_prune_retrain_time():
     assert flagged.splitlines()[3].startswith("| worm | 0,1,2 | 3/3 | 3/3 | seed 1 | ")
     assert flagged.splitlines()[2].startswith("| eb | 0,1,2 | 3/3 | 2/3 | - | ")
     runs[3]["summary"]["diverged"] = False
+    assert "near chance" not in flagged  # no run judged against chance yet
+    # Every EB seed ends (80%) within two points of a 79% chance; WORM ends at
+    # 85%, above it. Neither was flagged diverged.
+    for run in runs:
+        run["summary"]["chance_accuracy"] = 0.79
+    near = tables.arms_table(runs)
+    assert "| restored | ends near chance |" in near and "flagged" not in near
+    assert near.splitlines()[2].startswith("| eb | 0,1,2 | 3/3 | 2/3 | seed 0,seed 1,seed 2 | ")
+    assert near.splitlines()[3].startswith("| worm | 0,1,2 | 3/3 | 3/3 | - | ")
+    runs[0]["summary"]["chance_accuracy"] = 0.70  # 80% is 10 points above it
+    assert tables.arms_table(runs).splitlines()[2].startswith(
+        "| eb | 0,1,2 | 3/3 | 2/3 | seed 1,seed 2 | ")
+    for run in runs:
+        run["summary"]["chance_accuracy"] = None
     # All on one machine: no time cell is marked.
     assert "†" not in table and "†" not in paired
     # A seed from another machine marks the time cells, and only those.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 from typing import Callable, Sequence
 
+from wormjax.pipeline import divergence
 from wormjax.study import results as results_lib
 from wormjax.study import stats
 
@@ -51,6 +52,15 @@ def _prune_drop(run: dict) -> float | None:
     # pre-prune minus post-prune accuracy, per run.
     pre, post = _get("pre_prune_accuracy")(run), _get("post_prune_accuracy")(run)
     return None if pre is None or post is None else pre - post
+
+
+def _ends_near_chance(run: dict) -> bool:
+    # The pipeline flags a *fall* to chance, not a run that pruning drops to
+    # chance and that retraining never lifts off it: its numbers are no more a
+    # measurement of the method, so the table names it too.
+    chance, last = run["summary"].get("chance_accuracy"), _last_retrain_accuracy(run)
+    return (chance is not None and last is not None
+            and last <= chance + divergence.CHANCE_MARGIN)
 
 
 def _truncated_epochs(run: dict) -> float | None:
@@ -137,9 +147,12 @@ def arms_table(runs: Sequence[dict]) -> str:
     # "flagged": runs the pipeline marked diverged (non-finite, or accuracy at
     # chance); shown only when there are any, since their numbers do not
     # measure the method (summary diverged_reason says why).
+    # "ends near chance": runs whose last retraining accuracy is within
+    # CHANCE_MARGIN of chance, flagged or not; also shown only when any.
     flagged = any(r["summary"].get("diverged") for r in runs)
+    near = any(_ends_near_chance(r) for r in runs)
     headers = (["arm", "seeds", "converged", "restored"] + ["flagged"] * flagged
-               + [m[0] for m in metrics])
+               + ["ends near chance"] * near + [m[0] for m in metrics])
     rows, mixed = [], False
     for arm, arm_runs in _by_arm(runs).items():
         conv = sum(bool(r["summary"].get("converged")) for r in arm_runs)
@@ -149,6 +162,9 @@ def arms_table(runs: Sequence[dict]) -> str:
         if flagged:
             row.append(",".join(f"seed {r['seed']}" for r in arm_runs
                                 if r["summary"].get("diverged")) or "-")
+        if near:
+            row.append(",".join(f"seed {r['seed']}" for r in arm_runs
+                                if _ends_near_chance(r)) or "-")
         for _, read, fmt, scale, suffix in metrics:
             text, m = _cell(arm_runs, suffix, stats.summarize(
                 [read(r) for r in arm_runs]).format(fmt, scale, suffix))
