@@ -8,6 +8,7 @@ import textwrap
 import pytest
 
 from wormjax.study import __main__ as study_cli
+from wormjax.study import figures
 from wormjax.study import plan as plan_lib
 from wormjax.study import report as report_lib
 from wormjax.study import results as results_lib
@@ -117,6 +118,19 @@ def test_report_regenerates_from_the_json_alone(tmp_path):
     # The same JSON gives the same Markdown.
     study_cli.main(["report", "fake", "--root", root])
     assert open(os.path.join(root, "docs", "results", "fake.md")).read() == md
+
+
+def test_loss_points_keep_search_and_retraining_apart():
+    # Tickets at updates 6 and 7: the update that draws the ticket trains
+    # nothing, so the seeds train 6 and 7 search epochs, then retrain.
+    early, late = (_fake_run("sst2", "eb", s, 6 + s, .9, .8, .85) for s in range(2))
+    (search0, retrain0), (search1, retrain1) = map(figures.loss_points, (early, late))
+    assert sorted(search0) == list(range(6)) and sorted(retrain0) == [6]
+    assert sorted(search1) == list(range(7)) and sorted(retrain1) == [7]
+    # Epoch 6 is seed 0's retraining and seed 1's search: they sit in
+    # different series, so the figure never averages the two.
+    assert 6 in retrain0 and 6 in search1 and 6 not in search0
+    assert search0[2] == pytest.approx(2.0 / 3) and retrain0[6] == 0.5
 
 
 def test_tables_show_gain_f1_truncated_epochs_and_prune_retrain_time():

@@ -18,7 +18,7 @@ import numpy as np  # pylint: disable=wrong-import-position
 from wormjax.pipeline import plots  # pylint: disable=wrong-import-position
 from wormjax.study import results as results_lib  # pylint: disable=wrong-import-position
 
-__all__ = ["distance_figure", "loss_figure"]
+__all__ = ["distance_figure", "loss_figure", "loss_points"]
 
 _COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
@@ -70,28 +70,35 @@ def distance_figure(runs: Sequence[dict], path: str, title: str,
     return plots.save_figure(fig, ax, path, drawn, dpi=100, title=title)
 
 
+def loss_points(run: dict) -> tuple[dict, dict]:
+    """One run's train loss as ``({epoch: loss}, {epoch: loss})``: search, retraining.
+
+    Retraining's epochs continue after the last trained search epoch, even when
+    an earlier epoch's loss is missing (a null in the JSON).
+    """
+    search = results_lib.trained_search(run)
+    offset = 1 + max((t["epoch"] for t in search), default=-1)
+    return ({t["epoch"]: t["train_loss"] for t in search},
+            {offset + t["epoch"]: t["train_loss"] for t in run["trajectory"]
+             if t["phase"] == "retrain" and t.get("train_loss") is not None})
+
+
 def loss_figure(runs: Sequence[dict], path: str, title: str) -> str:
-    """Fig. 2: train loss per epoch over search then retraining; triggers marked."""
+    """Fig. 2: train loss per epoch, search (solid) then retraining (dashed); triggers marked."""
     fig, ax = plt.subplots(figsize=(6, 3.6))
     drawn = False
     for i, (arm, arm_runs) in enumerate(_arms(runs).items()):
         color = _COLORS[i % len(_COLORS)]
-        series, triggers = [], []
-        for r in arm_runs:
-            search = results_lib.trained_search(r)
-            # Retraining continues after the last trained search epoch, even
-            # when an earlier epoch's loss is missing (a null in the JSON).
-            offset = 1 + max((t["epoch"] for t in search), default=-1)
-            points = {t["epoch"]: t["train_loss"] for t in search}
-            points.update({offset + t["epoch"]: t["train_loss"] for t in r["trajectory"]
-                           if t["phase"] == "retrain" and t.get("train_loss") is not None})
-            series.append(points)
-            trig = next((t["epoch"] for t in search if t.get("truncation_active")), None)
-            if trig is not None:
-                triggers.append(trig)
-        drawn |= _band(ax, [s for s in series if s], color, "-", arm)
-        for trig in sorted(set(triggers)):
+        # Two bands, not one line: seeds whose tickets come at different epochs
+        # would otherwise average one seed's search loss with another's
+        # retraining loss (a pruned network's) at the same epoch.
+        search, retrain = zip(*(loss_points(r) for r in arm_runs))
+        drawn |= _band(ax, [s for s in search if s], color, "-", arm)
+        drawn |= _band(ax, [s for s in retrain if s], color, "--", f"{arm}, retraining")
+        triggers = {next((t["epoch"] for t in results_lib.trained_search(r)
+                          if t.get("truncation_active")), None) for r in arm_runs}
+        for trig in sorted(triggers - {None}):
             ax.axvline(trig, color=color, linestyle=":", linewidth=0.8)
-    ax.set_xlabel("epoch (search, then retraining)")
+    ax.set_xlabel("epoch (search, then retraining after the prune)")
     ax.set_ylabel("train loss")
     return plots.save_figure(fig, ax, path, drawn, dpi=100, title=title)
