@@ -23,7 +23,7 @@ import numpy as np
 
 __all__ = ["CHANCE_MARGIN", "NonFiniteError", "NonFiniteParamsError", "all_finite",
            "check_finite", "check_search_state", "with_checkpoint_note",
-           "chance_accuracy", "verdict"]
+           "chance_accuracy", "at_chance", "verdict"]
 
 # An accuracy within two points of the most frequent class counts as chance.
 # A collapsed model scores at most that frequency, so it always falls inside
@@ -124,6 +124,11 @@ def chance_accuracy(labels) -> float | None:
     return float(np.bincount(labels).max() / labels.size)
 
 
+def at_chance(accuracy: float | None, chance: float) -> bool:
+    """True when ``accuracy`` is known and at most ``chance + CHANCE_MARGIN``."""
+    return accuracy is not None and accuracy <= chance + CHANCE_MARGIN
+
+
 def verdict(meta: dict, chance: float | None) -> dict:
     """Whether a finished run diverged, and whether its restore counts.
 
@@ -154,16 +159,14 @@ def verdict(meta: dict, chance: float | None) -> dict:
            "diverged_reason": None, "chance_accuracy": chance}
     if chance is None:
         return out
-    limit = chance + CHANCE_MARGIN
-    at_chance = lambda acc: acc is not None and acc <= limit  # noqa: E731
     retrain = [r.get("eval_accuracy") for r in meta.get("records", ())
                if r.get("phase") == "retrain"]
     reasons = []
-    if at_chance(meta.get("pre_prune_accuracy")):
+    if at_chance(meta.get("pre_prune_accuracy"), chance):
         reasons.append(f"the pre-prune accuracy {meta['pre_prune_accuracy']:.4f}")
     earlier = [meta.get("post_prune_accuracy")] + retrain[:-1]
-    if retrain and at_chance(retrain[-1]) and any(
-            a is not None and not at_chance(a) for a in earlier):
+    if retrain and at_chance(retrain[-1], chance) and any(
+            a is not None and not at_chance(a, chance) for a in earlier):
         reasons.append(f"the retrained accuracy {retrain[-1]:.4f}, down from "
                        f"{max(a for a in earlier if a is not None):.4f}")
     if not reasons:
@@ -171,7 +174,7 @@ def verdict(meta: dict, chance: float | None) -> dict:
     reason = (" and ".join(reasons) + f" {'is' if len(reasons) == 1 else 'are'} at or "
               f"below chance + {CHANCE_MARGIN} (chance {chance:.4f}: always predicting "
               "the most frequent class)")
-    if restore_epochs is not None and target is not None and target <= limit:
+    if restore_epochs is not None and at_chance(target, chance):
         reason += (f"; the restore target {target:.4f} is at chance, so reaching it "
                    "restores nothing: restore_epochs is not counted")
         out["restore_epochs"] = None

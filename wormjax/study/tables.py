@@ -58,9 +58,13 @@ def _ends_near_chance(run: dict) -> bool:
     # The pipeline flags a *fall* to chance, not a run that pruning drops to
     # chance and that retraining never lifts off it: its numbers are no more a
     # measurement of the method, so the table names it too.
-    chance, last = run["summary"].get("chance_accuracy"), _last_retrain_accuracy(run)
-    return (chance is not None and last is not None
-            and last <= chance + divergence.CHANCE_MARGIN)
+    chance = run["summary"].get("chance_accuracy")
+    return chance is not None and divergence.at_chance(_last_retrain_accuracy(run), chance)
+
+
+def _seeds_where(runs: Sequence[dict], test: Callable[[dict], bool]) -> str:
+    # A flag column's cell: the seeds it marks, or "-".
+    return ",".join(f"seed {r['seed']}" for r in runs if test(r)) or "-"
 
 
 def _truncated_epochs(run: dict) -> float | None:
@@ -160,11 +164,9 @@ def arms_table(runs: Sequence[dict]) -> str:
         row = [arm, ",".join(str(r["seed"]) for r in arm_runs),
                f"{conv}/{len(arm_runs)}", f"{restored}/{len(arm_runs)}"]
         if flagged:
-            row.append(",".join(f"seed {r['seed']}" for r in arm_runs
-                                if r["summary"].get("diverged")) or "-")
+            row.append(_seeds_where(arm_runs, lambda r: r["summary"].get("diverged")))
         if near:
-            row.append(",".join(f"seed {r['seed']}" for r in arm_runs
-                                if _ends_near_chance(r)) or "-")
+            row.append(_seeds_where(arm_runs, _ends_near_chance))
         for _, read, fmt, scale, suffix in metrics:
             text, m = _cell(arm_runs, suffix, stats.summarize(
                 [read(r) for r in arm_runs]).format(fmt, scale, suffix))
