@@ -62,6 +62,22 @@ def test_elbow_finds_the_slope_change():
     assert stats.elbow([0, 1, 2], [1, 0, 0]) is None
 
 
+def test_elbow_table_refits_without_the_first_full_window():
+    run = _fake_run("vgg", "worm", 0, 10, 0.9, 0.1, 0.8)
+    # A first-window spike, a plateau, a steep fall to epoch 7, then flat.
+    d_max = {2: 0.5, 3: 0.3, 4: 0.29, 5: 0.28, 6: 0.2, 7: 0.12, 8: 0.115,
+             9: 0.11, 10: 0.105}
+    for t in run["trajectory"]:
+        if t["phase"] == "search" and t["epoch"] in d_max:
+            t["d_max"] = d_max[t["epoch"]]
+    row = [line for line in tables.elbow_table([run]).splitlines()
+           if line.startswith("| worm")][0]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # All points: the spike wins (epoch 3); without it: the bend at epoch 7.
+    assert cells[2:6] == ["3", "0.300", "7", "0.120"]
+    assert cells[6:] == ["3", "10"]  # trigger (fake: from epoch 3), ticket
+
+
 def _fake_run(experiment, variant, seed, ticket, pre, post, one):
     traj = [{"phase": "search", "epoch": e, "d_max": 1.0 if e < 2 else 0.3 / e,
              "d_avg": 1.0 if e < 2 else 0.2 / e,

@@ -58,7 +58,9 @@ def render(study: plan_lib.Study, data: dict, figure_paths: dict) -> str:
                 out += [f"Paired: {cmp_} vs {ref}", "", table, ""]
         if any(t["phase"] == "search" for r in mine for t in r["trajectory"]):
             out += ["Mask-distance elbow per run (two-line fit over the epochs "
-                    "with a full window) and WORM trigger:", "",
+                    "with a full window, and again without the first of them, "
+                    "whose d_max compares against the tie-broken epoch-0 mask) "
+                    "and WORM trigger:", "",
                     tables.elbow_table(mine), ""]
         for link in figure_paths.get(e.name, ()):
             out += [f"![{os.path.basename(link)}]({link})", ""]
